@@ -1,0 +1,366 @@
+//! Node configuration (`node.toml`).
+//!
+//! Every key is checked: an unknown key is an error that names it, so a typo
+//! never silently falls back to a default. Relative paths are resolved against
+//! the directory of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sipmesh_state::Fqdn;
+
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 1_000;
+/// Default redial backoff cap (the issue asks for at most 10 s).
+pub const DEFAULT_BACKOFF_CAP_MS: u64 = 10_000;
+/// Default TLS handshake (plus hello) deadline.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Default bound on simultaneous mesh connections (handshaking or up).
+pub const DEFAULT_MAX_MESH_CONNECTIONS: usize = 1_024;
+
+/// A node's whole configuration, paths already resolved.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name; must be a member of the topology.
+    pub fqdn: Fqdn,
+    /// Topology file imported into the store when it is newer than the stored one.
+    pub topology: Option<PathBuf>,
+    /// Directory for the store.
+    pub data_dir: PathBuf,
+    /// Unix socket for `sipmesh ctl`.
+    pub debug_socket: PathBuf,
+    /// Mesh listen address; defaults to the member's `mesh_addr` in the topology.
+    pub mesh_listen: Option<SocketAddr>,
+    /// Client listen address; defaults to the member's `client_addr`.
+    pub client_listen: Option<SocketAddr>,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Link timing.
+    pub mesh: MeshTiming,
+}
+
+/// Paths of the PEM files a node reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The node certificate (leaf first, then any intermediates).
+    pub cert: PathBuf,
+    /// The node's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    pub key: PathBuf,
+    /// Trust anchors (enterprise CA certificates) for peers.
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM), any number.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Link timers and limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshTiming {
+    /// How often a ping is sent on an up link.
+    pub heartbeat_interval: Duration,
+    /// A link with no frame from the peer for this long is down.
+    pub heartbeat_timeout: Duration,
+    /// Cap of the exponential redial backoff.
+    pub backoff_cap: Duration,
+    /// Deadline for TCP connect + TLS handshake + hello.
+    pub handshake_timeout: Duration,
+    /// Bound on simultaneous mesh connections.
+    pub max_connections: usize,
+}
+
+impl Default for MeshTiming {
+    fn default() -> Self {
+        MeshTiming {
+            heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            heartbeat_timeout: Duration::from_millis(3 * DEFAULT_HEARTBEAT_MS),
+            backoff_cap: Duration::from_millis(DEFAULT_BACKOFF_CAP_MS),
+            handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_MESH_CONNECTIONS,
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key, wrong type; toml's message names the key and line.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message.
+        message: String,
+    },
+    /// A value is syntactically fine but not acceptable.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong, with the value.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    fqdn: String,
+    topology: Option<PathBuf>,
+    data_dir: PathBuf,
+    debug_socket: PathBuf,
+    #[serde(default)]
+    listen: RawListen,
+    tls: RawTls,
+    #[serde(default)]
+    mesh: RawMesh,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    mesh: Option<SocketAddr>,
+    client: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMesh {
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    backoff_cap_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+}
+
+impl NodeConfig {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parse config text; `path` is only for messages, `base` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let fqdn = Fqdn::new(&raw.fqdn).map_err(|e| invalid("fqdn", e.to_string()))?;
+        let d = MeshTiming::default();
+        let ms = |v: Option<u64>, default: Duration, key: &'static str| match v {
+            Some(0) => Err(invalid(key, "must be greater than 0".into())),
+            Some(v) => Ok(Duration::from_millis(v)),
+            None => Ok(default),
+        };
+        let heartbeat_interval = ms(
+            raw.mesh.heartbeat_interval_ms,
+            d.heartbeat_interval,
+            "mesh.heartbeat_interval_ms",
+        )?;
+        let heartbeat_timeout = ms(
+            raw.mesh.heartbeat_timeout_ms,
+            3 * heartbeat_interval,
+            "mesh.heartbeat_timeout_ms",
+        )?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(invalid(
+                "mesh.heartbeat_timeout_ms",
+                format!(
+                    "{} must be larger than heartbeat_interval_ms ({})",
+                    heartbeat_timeout.as_millis(),
+                    heartbeat_interval.as_millis()
+                ),
+            ));
+        }
+        let backoff_cap = ms(raw.mesh.backoff_cap_ms, d.backoff_cap, "mesh.backoff_cap_ms")?;
+        let handshake_timeout = ms(
+            raw.mesh.handshake_timeout_ms,
+            d.handshake_timeout,
+            "mesh.handshake_timeout_ms",
+        )?;
+        let max_connections = match raw.mesh.max_connections {
+            Some(0) => return Err(invalid("mesh.max_connections", "must be greater than 0".into())),
+            Some(n) => n,
+            None => d.max_connections,
+        };
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        Ok(NodeConfig {
+            fqdn,
+            topology: raw.topology.map(abs),
+            data_dir: abs(raw.data_dir),
+            debug_socket: abs(raw.debug_socket),
+            mesh_listen: raw.listen.mesh,
+            client_listen: raw.listen.client,
+            tls: TlsPaths {
+                cert: abs(raw.tls.cert),
+                key: abs(raw.tls.key),
+                ca: abs(raw.tls.ca),
+                crls: raw.tls.crls.into_iter().map(abs).collect(),
+            },
+            mesh: MeshTiming {
+                heartbeat_interval,
+                heartbeat_timeout,
+                backoff_cap,
+                handshake_timeout,
+                max_connections,
+            },
+        })
+    }
+
+    /// Render as TOML (used by `cluster up` to write each node's file).
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        let q = |p: &Path| toml_str(&p.display().to_string());
+        s += &format!("fqdn = {}\n", toml_str(self.fqdn.as_str()));
+        if let Some(t) = &self.topology {
+            s += &format!("topology = {}\n", q(t));
+        }
+        s += &format!("data_dir = {}\n", q(&self.data_dir));
+        s += &format!("debug_socket = {}\n", q(&self.debug_socket));
+        s += "\n[listen]\n";
+        if let Some(a) = self.mesh_listen {
+            s += &format!("mesh = \"{a}\"\n");
+        }
+        if let Some(a) = self.client_listen {
+            s += &format!("client = \"{a}\"\n");
+        }
+        s += "\n[tls]\n";
+        s += &format!(
+            "cert = {}\nkey = {}\nca = {}\n",
+            q(&self.tls.cert),
+            q(&self.tls.key),
+            q(&self.tls.ca)
+        );
+        let crls: Vec<String> = self.tls.crls.iter().map(|p| q(p)).collect();
+        s += &format!("crls = [{}]\n", crls.join(", "));
+        let m = &self.mesh;
+        s += "\n[mesh]\n";
+        s += &format!(
+            "heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_cap_ms = {}\nhandshake_timeout_ms = {}\nmax_connections = {}\n",
+            m.heartbeat_interval.as_millis(),
+            m.heartbeat_timeout.as_millis(),
+            m.backoff_cap.as_millis(),
+            m.handshake_timeout.as_millis(),
+            m.max_connections
+        );
+        s
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+fqdn = "FE1.contoso.test"
+topology = "topology.toml"
+data_dir = "data"
+debug_socket = "/run/fe1.sock"
+[listen]
+mesh = "127.0.0.1:5061"
+[tls]
+cert = "fe1.pem"
+key = "fe1.key"
+ca = "ca.pem"
+crls = ["ca.crl"]
+[mesh]
+heartbeat_interval_ms = 200
+"#;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("/etc/sipmesh/node.toml"), Path::new("/etc/sipmesh"))
+    }
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.fqdn.as_str(), "fe1.contoso.test");
+        assert_eq!(c.data_dir, PathBuf::from("/etc/sipmesh/data"));
+        assert_eq!(c.debug_socket, PathBuf::from("/run/fe1.sock"));
+        assert_eq!(c.tls.crls, vec![PathBuf::from("/etc/sipmesh/ca.crl")]);
+        assert_eq!(c.mesh.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.mesh.heartbeat_timeout, Duration::from_millis(600));
+        assert_eq!(c.mesh.backoff_cap, Duration::from_secs(10));
+        assert_eq!(c.mesh_listen, Some("127.0.0.1:5061".parse().unwrap()));
+        assert_eq!(c.client_listen, None);
+    }
+
+    #[test]
+    fn round_trips_through_to_toml() {
+        let c = parse(GOOD).unwrap();
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+        assert_eq!(again.tls, c.tls);
+        assert_eq!(again.mesh, c.mesh);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("[mesh]", "[mesh]\nheartbeat_intervall_ms = 5");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `heartbeat_intervall_ms`"), "{err}");
+        assert!(err.starts_with("config /etc/sipmesh/node.toml:"), "{err}");
+        let text = GOOD.replace("data_dir", "datadir");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `datadir`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = parse(&GOOD.replace("FE1.contoso.test", "fe1")).unwrap_err().to_string();
+        assert!(err.contains("fqdn:"), "{err}");
+        let err = parse(&GOOD.replace("heartbeat_interval_ms = 200", "heartbeat_interval_ms = 0"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config /etc/sipmesh/node.toml: mesh.heartbeat_interval_ms: must be greater than 0"
+        );
+        let err = parse(&GOOD.replace("200", "200\nheartbeat_timeout_ms = 100"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config /etc/sipmesh/node.toml: mesh.heartbeat_timeout_ms: 100 must be larger than heartbeat_interval_ms (200)"
+        );
+        let err = parse(&GOOD.replace("127.0.0.1:5061", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mesh"), "{err}");
+    }
+}

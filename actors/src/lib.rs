@@ -1,0 +1,87 @@
+//! sipmesh node runtime.
+//!
+//! # Layout
+//! - [`wire`]: sans-IO mesh frame codec (length-prefixed postcard frames).
+//! - [`config`]: the node's `node.toml`.
+//! - [`tls`]: PEM material, the mesh trust verifier, rustls configs.
+//! - [`reject`]: rejection reasons, their mapping from TLS errors, the log.
+//! - [`status`]: the shared read-mostly view (links, topology, rejections).
+//! - [`link`]: `PeerLink`, the supervised actor owning one MTLS link.
+//! - [`listener`]: the mesh accept loop.
+//! - [`membership`]: the trusted-server set and its Store.
+//! - [`node`]: `NodeActor` and [`node::run`].
+//! - [`debug`]: the Unix debug socket.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub mod config;
+pub mod debug;
+pub mod link;
+pub mod listener;
+pub mod membership;
+pub mod node;
+pub mod reject;
+pub mod status;
+pub mod tls;
+pub mod wire;
+
+pub use config::NodeConfig;
+pub use node::run;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store could not be used.
+    #[error("store: {0}")]
+    Store(#[from] sipmesh_state::StoreError),
+    /// The topology file is invalid.
+    #[error("topology: {0}")]
+    Topology(#[from] sipmesh_state::TopologyError),
+    /// Nothing to trust.
+    #[error("no topology: the store holds none and no topology file is configured")]
+    NoTopology,
+    /// This node is not in its own trusted set.
+    #[error("this node ({fqdn}) is not a member of topology v{version}")]
+    NotAMember {
+        /// Our fqdn.
+        fqdn: String,
+        /// The topology version checked.
+        version: u64,
+    },
+    /// TLS material unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The debug socket could not be created.
+    #[error("debug socket {path}: {message}")]
+    DebugSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Format a timestamp as RFC 3339 (UTC), the form used on the debug socket.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}

@@ -1,0 +1,594 @@
+//! PeerLink: the supervised actor that owns one MTLS link to one peer.
+//!
+//! Exactly one link per pair: the member with the lower FQDN dials, the other
+//! accepts (the accept loop refuses a dial in the wrong direction). A session
+//! is a TLS stream that passed the trust checks and the hello exchange; the
+//! actor reads frames as an actix stream and writes through a bounded queue
+//! drained by a writer task that batches frames per flush.
+//!
+//! When a session ends (peer closed, bad frame, goaway, heartbeat timeout) or
+//! a dial fails, the actor stops; its `Supervisor` restarts it, which counts a
+//! restart and (on the dialing side) dials again after an exponential backoff
+//! with jitter. A panic closes the mailbox instead of stopping the actor, which
+//! actix's supervisor cannot see: the node's watchdog replaces such a link.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use sipmesh_state::{Fqdn, TrustedServer};
+use std::collections::HashMap;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_rustls::TlsStream;
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use crate::config::MeshTiming;
+use crate::reject::{RejectReason, Rejection};
+use crate::status::{LinkState, LinkStatus, Shared};
+use crate::tls::CertInfo;
+use crate::wire::{self, Frame, FrameError, Hello, PROTOCOL_VERSION};
+
+/// Frames queued for one link's writer (backpressure bound: a stuck peer
+/// makes senders fail fast instead of growing memory).
+pub const LINK_QUEUE: usize = 1_024;
+
+/// Mailbox bound of a PeerLink actor.
+pub const LINK_MAILBOX: usize = 64;
+
+/// First redial delay after a failure; doubles up to the configured cap.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// Frames batched into one write before a flush.
+pub const WRITE_BATCH: usize = 64;
+
+/// The TLS stream under a mesh link, either side.
+pub type MeshStream = TlsStream<TcpStream>;
+
+/// A framed mesh stream.
+pub type MeshFramed = Framed<MeshStream, LinkCodec>;
+
+/// Frame codec that also counts frames and bytes into the link status.
+#[derive(Debug, Default)]
+pub struct LinkCodec {
+    stats: Option<Arc<LinkStatus>>,
+}
+
+impl Decoder for LinkCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let before = src.len();
+        let frame = wire::decode(src)?;
+        if let (Some(_), Some(s)) = (&frame, &self.stats) {
+            s.frames_in.fetch_add(1, Ordering::Relaxed);
+            s.bytes_in.fetch_add((before - src.len()) as u64, Ordering::Relaxed);
+        }
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(f) => Ok(Some(f)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+impl Encoder<Frame> for LinkCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let before = dst.len();
+        wire::encode(&frame, dst)?;
+        if let Some(s) = &self.stats {
+            s.frames_out.fetch_add(1, Ordering::Relaxed);
+            s.bytes_out.fetch_add((dst.len() - before) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A connection that passed TLS, the trust checks and the peer's hello.
+pub struct Established {
+    /// The framed stream (may hold already-buffered frames).
+    pub framed: MeshFramed,
+    /// The peer's hello.
+    pub hello: Hello,
+    /// The peer's verified certificate.
+    pub peer_cert: CertInfo,
+    /// Local socket address.
+    pub local: Option<SocketAddr>,
+    /// Remote socket address.
+    pub remote: SocketAddr,
+    /// Connection-limit permit, held as long as the session lives.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Established {
+    fn tls_facts(&self) -> (Option<String>, Option<String>) {
+        let conn: &rustls::CommonState = match self.framed.get_ref() {
+            TlsStream::Client(s) => s.get_ref().1,
+            TlsStream::Server(s) => s.get_ref().1,
+        };
+        let version = conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+            other => format!("{other:?}"),
+        });
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|c| c.suite().as_str().unwrap_or("unknown").to_owned());
+        (version, cipher)
+    }
+}
+
+/// Our hello, as sent on every new link.
+pub fn our_hello(shared: &Shared) -> Frame {
+    Frame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        fqdn: shared.fqdn.to_string(),
+        topology_version: shared.topology.load().version,
+        features: 0,
+    })
+}
+
+/// Where the accept loop finds the actor for an authenticated peer.
+#[derive(Default)]
+pub struct Directory {
+    links: RwLock<HashMap<Fqdn, Addr<PeerLink>>>,
+}
+
+impl Directory {
+    /// The link actor for `peer`.
+    pub fn get(&self, peer: &Fqdn) -> Option<Addr<PeerLink>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+    }
+
+    /// Register (or replace) the actor for `peer`.
+    pub fn insert(&self, peer: Fqdn, addr: Addr<PeerLink>) {
+        self.links.write().unwrap_or_else(|p| p.into_inner()).insert(peer, addr);
+    }
+
+    /// Forget `peer` (its mailbox closes when the node drops its address too).
+    pub fn remove(&self, peer: &Fqdn) -> Option<Addr<PeerLink>> {
+        self.links.write().unwrap_or_else(|p| p.into_inner()).remove(peer)
+    }
+}
+
+/// Hand an accepted, authenticated connection to its link.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound(pub Established);
+
+/// Close the link for good: send goaway, do not redial.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// The reason sent in the goaway.
+    pub reason: &'static str,
+}
+
+/// Fault injection for tests of supervision (only honoured when the node
+/// runs with fault injection enabled).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Panic;
+
+struct Session {
+    tx: mpsc::Sender<Frame>,
+    last_rx: Instant,
+    up_at: Instant,
+    ping: Option<(u64, Instant)>,
+    nonce: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The actor owning one peer's link.
+pub struct PeerLink {
+    peer: TrustedServer,
+    shared: Arc<Shared>,
+    status: Arc<LinkStatus>,
+    timing: MeshTiming,
+    /// Consecutive failed attempts, for the backoff.
+    failures: u32,
+    was_up: bool,
+    session: Option<Session>,
+    pending: Option<Established>,
+    closing: bool,
+}
+
+impl PeerLink {
+    /// A link actor for `peer`; `status` is shared with readers.
+    pub fn new(peer: TrustedServer, shared: Arc<Shared>, status: Arc<LinkStatus>, timing: MeshTiming) -> PeerLink {
+        PeerLink {
+            peer,
+            shared,
+            status,
+            timing,
+            failures: 0,
+            was_up: false,
+            session: None,
+            pending: None,
+            closing: false,
+        }
+    }
+
+    fn idle_state(&self) -> LinkState {
+        if self.was_up {
+            LinkState::Down
+        } else if self.status.dialer && self.failures > 0 {
+            LinkState::Backoff
+        } else {
+            LinkState::Connecting
+        }
+    }
+
+    fn schedule_dial(&mut self, ctx: &mut Context<Self>) {
+        let delay = backoff_delay(self.failures, self.timing.backoff_cap);
+        self.status.set_state(self.idle_state());
+        self.status
+            .update(|i| i.next_dial = (!delay.is_zero()).then(|| Instant::now() + delay));
+        let shared = self.shared.clone();
+        let peer = self.peer.clone();
+        let timeout = self.timing.handshake_timeout;
+        let status = self.status.clone();
+        let was_up = self.was_up;
+        let fut = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            status.update(|i| i.next_dial = None);
+            if !was_up {
+                status.set_state(LinkState::Connecting);
+            }
+            dial(shared, peer, timeout).await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(est) => act.run_session(est, ctx),
+            Err(why) => {
+                tracing::debug!(peer = %act.peer.fqdn, error = %why, "dial failed");
+                act.failures = act.failures.saturating_add(1);
+                act.status.update(|i| i.last_error = Some(why));
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn run_session(&mut self, mut est: Established, ctx: &mut Context<Self>) {
+        let (tls_version, cipher) = est.tls_facts();
+        est.framed.codec_mut().stats = Some(self.status.clone());
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        if !self.status.dialer {
+            // The dialer spoke first; the accepting side answers with its hello.
+            let _ = tx.try_send(our_hello(&self.shared));
+        }
+        let (sink, stream) = est.framed.split();
+        actix_rt::spawn(writer(sink, rx, self.timing.heartbeat_timeout));
+        ctx.add_stream(stream);
+        let now = Instant::now();
+        self.session = Some(Session {
+            tx,
+            last_rx: now,
+            up_at: now,
+            ping: None,
+            nonce: 0,
+            _permit: est.permit.take(),
+        });
+        self.was_up = true;
+        self.status.update(|i| {
+            i.last_error = None;
+            i.rtt = None;
+            i.cert_not_after = Some(est.peer_cert.not_after);
+            i.cert_serial = Some(est.peer_cert.serial.clone());
+            i.tls_version = tls_version;
+            i.cipher = cipher;
+            i.local_addr = est.local.map(|a| a.to_string());
+            i.remote_addr = Some(est.remote.to_string());
+            i.peer_topology_version = Some(est.hello.topology_version);
+            i.next_dial = None;
+        });
+        self.status.set_state(LinkState::Up);
+        tracing::info!(peer = %self.peer.fqdn, remote = %est.remote, "mesh link up");
+        // First heartbeat right away so RTT is known within one round trip.
+        self.heartbeat(ctx);
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.timing.heartbeat_timeout;
+        let Some(s) = self.session.as_mut() else { return };
+        let silent = s.last_rx.elapsed();
+        if silent > timeout {
+            let why = format!("no frame from peer for {} ms (heartbeat timeout)", silent.as_millis());
+            self.end_session(ctx, why);
+            return;
+        }
+        s.nonce = s.nonce.wrapping_add(1);
+        if s.tx.try_send(Frame::Ping { nonce: s.nonce }).is_ok() {
+            s.ping = Some((s.nonce, Instant::now()));
+        }
+    }
+
+    fn end_session(&mut self, ctx: &mut Context<Self>, why: String) {
+        if let Some(s) = self.session.take() {
+            if s.up_at.elapsed() < self.timing.heartbeat_timeout {
+                // A link that dies right after coming up must not redial in a tight loop.
+                self.failures = self.failures.saturating_add(1);
+            } else {
+                self.failures = 0;
+            }
+            tracing::warn!(peer = %self.peer.fqdn, reason = %why, "mesh link down");
+        }
+        self.status.update(|i| i.last_error = Some(why));
+        if !self.closing {
+            self.status.set_state(LinkState::Down);
+        }
+        ctx.stop();
+    }
+
+    fn send(&mut self, ctx: &mut Context<Self>, frame: Frame) {
+        let Some(s) = self.session.as_ref() else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(frame) {
+            self.end_session(ctx, format!("outbound queue full ({LINK_QUEUE} frames)"));
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 0 for the first attempt, then
+/// `BACKOFF_BASE * 2^(n-1)` capped, scaled by a random factor in [0.5, 1].
+pub fn backoff_delay(failures: u32, cap: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << (failures - 1).min(20));
+    let ceiling = exp.min(cap);
+    ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+async fn writer(mut sink: SplitSink<MeshFramed, Frame>, mut rx: mpsc::Receiver<Frame>, stall: Duration) {
+    while let Some(first) = rx.recv().await {
+        let batch = async {
+            sink.feed(first).await?;
+            let mut n = 1;
+            while n < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(f) => sink.feed(f).await?,
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(stall, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "link write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("link write stalled; closing");
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(stall, sink.close()).await;
+}
+
+/// Dial a peer: TCP, TLS with our certificate, hello both ways.
+async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Result<Established, String> {
+    let addr = peer.mesh_addr;
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let name = rustls::pki_types::ServerName::try_from(peer.fqdn.to_string()).map_err(|e| e.to_string())?;
+        let config = shared.tls.load().client.clone();
+        let tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                return Err(match crate::tls::rejection_of(&e) {
+                    Some(rej) => {
+                        shared.rejections.record(addr, true, &rej);
+                        format!("refused {addr}: {rej}")
+                    }
+                    None => format!("tls handshake with {addr}: {e}"),
+                })
+            }
+        };
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or("peer presented no certificate")
+            .and_then(|c| CertInfo::parse(c).map_err(|_| "unparsable peer certificate"))?;
+        let mut framed = Framed::new(TlsStream::Client(tls), LinkCodec::default());
+        framed
+            .send(our_hello(&shared))
+            .await
+            .map_err(|e| format!("sending hello: {e}"))?;
+        let hello = match framed.next().await {
+            Some(Ok(Frame::Hello(h))) => h,
+            Some(Ok(Frame::Goaway { reason })) => return Err(format!("peer refused the link: {reason}")),
+            Some(Ok(other)) => return Err(format!("peer sent {} before hello", frame_name(&other))),
+            // With TLS 1.3 a refusal of our certificate surfaces here, as an alert.
+            Some(Err(e)) => return Err(format!("peer closed during hello: {e}")),
+            None => return Err("peer closed the connection during hello".to_owned()),
+        };
+        if hello.fqdn != peer.fqdn.as_str() {
+            let rej = Rejection {
+                reason: RejectReason::NameMismatch,
+                presented_name: Some(hello.fqdn.clone()),
+                detail: format!("dialled {} but its hello names {}", peer.fqdn, hello.fqdn),
+            };
+            shared.rejections.record(addr, true, &rej);
+            return Err(rej.to_string());
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "peer speaks mesh protocol {}, we speak {PROTOCOL_VERSION}",
+                hello.protocol
+            ));
+        }
+        Ok(Established {
+            framed,
+            hello,
+            peer_cert,
+            local,
+            remote: addr,
+            permit: None,
+        })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "handshake with {addr} not finished within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Short name of a frame kind, for messages.
+pub fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Ping { .. } => "ping",
+        Frame::Pong { .. } => "pong",
+        Frame::Goaway { .. } => "goaway",
+    }
+}
+
+impl Actor for PeerLink {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(LINK_MAILBOX);
+        if self.closing {
+            return;
+        }
+        ctx.run_interval(self.timing.heartbeat_interval, |act, ctx| act.heartbeat(ctx));
+        if let Some(est) = self.pending.take() {
+            self.run_session(est, ctx);
+        } else if self.status.dialer {
+            self.schedule_dial(ctx);
+        } else {
+            self.status.set_state(self.idle_state());
+        }
+    }
+}
+
+impl Supervised for PeerLink {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.session = None;
+        if !self.closing {
+            self.status.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
+    fn handle(&mut self, item: Result<Frame, FrameError>, ctx: &mut Context<Self>) {
+        let frame = match item {
+            Ok(f) => f,
+            Err(e) => return self.end_session(ctx, format!("bad frame from peer: {e}")),
+        };
+        let Some(s) = self.session.as_mut() else { return };
+        s.last_rx = Instant::now();
+        match frame {
+            Frame::Ping { nonce } => self.send(ctx, Frame::Pong { nonce }),
+            Frame::Pong { nonce } => {
+                if let Some((sent, at)) = s.ping {
+                    if sent == nonce {
+                        let rtt = at.elapsed();
+                        s.ping = None;
+                        self.status.update(|i| i.rtt = Some(rtt));
+                    }
+                }
+            }
+            Frame::Goaway { reason } => self.end_session(ctx, format!("peer sent goaway: {reason}")),
+            Frame::Hello(_) => self.end_session(ctx, "peer sent a second hello".to_owned()),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.session.is_some() {
+            self.end_session(ctx, "connection closed by peer".to_owned());
+        }
+    }
+}
+
+impl Handler<Inbound> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        if self.session.is_some() {
+            // The peer started over (restart, network change): the new
+            // connection wins, the old session ends.
+            self.pending = Some(msg.0);
+            self.end_session(ctx, "replaced by a new connection from the peer".to_owned());
+        } else {
+            self.run_session(msg.0, ctx);
+        }
+    }
+}
+
+impl Handler<Shutdown> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
+        self.closing = true;
+        if let Some(s) = self.session.as_ref() {
+            let _ = s.tx.try_send(Frame::Goaway {
+                reason: msg.reason.to_owned(),
+            });
+        }
+        self.session = None;
+        ctx.stop();
+    }
+}
+
+impl Handler<Panic> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Panic, _ctx: &mut Context<Self>) {
+        panic!("fault injection: link to {} panicked on request", self.peer.fqdn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_respects_the_cap() {
+        let cap = Duration::from_secs(2);
+        assert_eq!(backoff_delay(0, cap), Duration::ZERO);
+        for _ in 0..200 {
+            let d1 = backoff_delay(1, cap);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d3 = backoff_delay(3, cap);
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
+            let d30 = backoff_delay(30, cap);
+            assert!(d30 >= Duration::from_secs(1) && d30 <= cap, "{d30:?}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The node's shared, read-mostly view: link status, topology, rejections.
+//!
+//! Actors write it, the debug socket and the accept loop read it without
+//! going through a mailbox. Counters are atomics; the rest sits behind short
+//! `Mutex` sections that never span an `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sipmesh_state::{Fqdn, Role, Topology};
+use time::OffsetDateTime;
+
+use crate::reject::RejectionLog;
+use crate::tls::TlsConfigs;
+
+/// Lifecycle state of one link; the text form is an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    /// Never up yet: dialing, or (accepting side) waiting for the peer to dial.
+    Connecting,
+    /// Never up yet and waiting before the next dial.
+    Backoff,
+    /// Hello exchanged both ways, heartbeats flowing.
+    Up,
+    /// Was up, is lost; redials go on underneath.
+    Down,
+}
+
+/// Mutable facts about one link (behind a mutex).
+#[derive(Clone, Debug)]
+pub struct LinkInfo {
+    /// Current state.
+    pub state: LinkState,
+    /// When the state last changed.
+    pub since: OffsetDateTime,
+    /// Last measured heartbeat round trip.
+    pub rtt: Option<Duration>,
+    /// Last failure, for people.
+    pub last_error: Option<String>,
+    /// Peer certificate end of validity.
+    pub cert_not_after: Option<OffsetDateTime>,
+    /// Peer certificate serial (hex).
+    pub cert_serial: Option<String>,
+    /// Negotiated TLS version.
+    pub tls_version: Option<String>,
+    /// Negotiated cipher suite.
+    pub cipher: Option<String>,
+    /// Local socket address of the session.
+    pub local_addr: Option<String>,
+    /// Remote socket address of the session.
+    pub remote_addr: Option<String>,
+    /// Topology version the peer reported in its hello.
+    pub peer_topology_version: Option<u64>,
+    /// When the next dial is due, while waiting.
+    pub next_dial: Option<Instant>,
+}
+
+/// Status of one link: shared between its actor and readers.
+#[derive(Debug)]
+pub struct LinkStatus {
+    /// The peer.
+    pub peer: Fqdn,
+    /// True when this side dials (lower FQDN dials).
+    pub dialer: bool,
+    /// Mutable facts.
+    pub info: Mutex<LinkInfo>,
+    /// Supervisor restarts of the link (sessions ended, redials, actor deaths).
+    pub restarts: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+    /// Bytes received (frame bytes, before TLS).
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+}
+
+impl LinkStatus {
+    /// A fresh status, `connecting`.
+    pub fn new(peer: Fqdn, dialer: bool) -> LinkStatus {
+        LinkStatus {
+            peer,
+            dialer,
+            info: Mutex::new(LinkInfo {
+                state: LinkState::Connecting,
+                since: OffsetDateTime::now_utc(),
+                rtt: None,
+                last_error: None,
+                cert_not_after: None,
+                cert_serial: None,
+                tls_version: None,
+                cipher: None,
+                local_addr: None,
+                remote_addr: None,
+                peer_topology_version: None,
+                next_dial: None,
+            }),
+            restarts: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Run `f` on the info under the lock.
+    pub fn update<R>(&self, f: impl FnOnce(&mut LinkInfo) -> R) -> R {
+        f(&mut self.info.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Change state, stamping `since` only on a real change.
+    pub fn set_state(&self, state: LinkState) {
+        self.update(|i| {
+            if i.state != state {
+                i.state = state;
+                i.since = OffsetDateTime::now_utc();
+            }
+        });
+    }
+
+    /// Current state.
+    pub fn state(&self) -> LinkState {
+        self.update(|i| i.state)
+    }
+
+    /// The JSON row for `ctl links`.
+    pub fn snapshot(&self) -> LinkRow {
+        let i = self.update(|i| i.clone());
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LinkRow {
+            peer: self.peer.to_string(),
+            state: i.state,
+            rtt_ms: i.rtt.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            since: crate::rfc3339(i.since),
+            restarts: load(&self.restarts),
+            last_error: i.last_error,
+            cert_not_after: i.cert_not_after.map(crate::rfc3339),
+            cert_serial: i.cert_serial,
+            tls_version: i.tls_version,
+            cipher: i.cipher,
+            frames_in: load(&self.frames_in),
+            frames_out: load(&self.frames_out),
+            bytes_in: load(&self.bytes_in),
+            bytes_out: load(&self.bytes_out),
+            direction: if self.dialer { "dial" } else { "accept" },
+            local_addr: i.local_addr,
+            remote_addr: i.remote_addr,
+            peer_topology_version: i.peer_topology_version,
+            redial_in_ms: i
+                .next_dial
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+        }
+    }
+}
+
+/// One row of `ctl links` (field names are an interface for scripts).
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkRow {
+    /// Peer FQDN.
+    pub peer: String,
+    /// up | connecting | backoff | down.
+    pub state: LinkState,
+    /// Last heartbeat round trip in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// When the state last changed (RFC 3339).
+    pub since: String,
+    /// Supervisor restarts.
+    pub restarts: u64,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Peer certificate end of validity (RFC 3339).
+    pub cert_not_after: Option<String>,
+    /// Peer certificate serial.
+    pub cert_serial: Option<String>,
+    /// TLS version.
+    pub tls_version: Option<String>,
+    /// Cipher suite.
+    pub cipher: Option<String>,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// dial | accept: which side opens the connection.
+    pub direction: &'static str,
+    /// Local address of the session.
+    pub local_addr: Option<String>,
+    /// Remote address of the session.
+    pub remote_addr: Option<String>,
+    /// Topology version the peer reported.
+    pub peer_topology_version: Option<u64>,
+    /// Milliseconds until the next dial, while waiting.
+    pub redial_in_ms: Option<u64>,
+}
+
+/// Everything the node's tasks share.
+pub struct Shared {
+    /// This node.
+    pub fqdn: Fqdn,
+    /// This node's role in the topology.
+    pub role: Role,
+    /// Process start, for uptime.
+    pub started: Instant,
+    /// The live trusted-server set (read by the verifier on every handshake).
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Live TLS configs; swapped whole on reload.
+    pub tls: ArcSwap<TlsConfigs>,
+    /// Status of each link by peer.
+    pub links: RwLock<BTreeMap<Fqdn, Arc<LinkStatus>>>,
+    /// Refused connections.
+    pub rejections: RejectionLog,
+    /// Mesh listen address actually bound.
+    pub mesh_addr: std::net::SocketAddr,
+}
+
+impl Shared {
+    /// Snapshot of every link, sorted by peer.
+    pub fn link_rows(&self) -> Vec<LinkRow> {
+        self.links
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| l.snapshot())
+            .collect()
+    }
+
+    /// Status of the link to `peer`, if it is a member.
+    pub fn link(&self, peer: &str) -> Option<Arc<LinkStatus>> {
+        self.links.read().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+    }
+}

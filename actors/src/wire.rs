@@ -1,0 +1,308 @@
+//! Mesh link frame codec (sans-IO).
+//!
+//! Every frame on a mesh link is a 4-byte big-endian length followed by that
+//! many bytes of a postcard-encoded [`Frame`]. The length is checked against
+//! [`MAX_FRAME_LEN`] before anything is allocated, so a peer cannot make us
+//! reserve memory by announcing a huge frame.
+//!
+//! [`FrameCodec`] implements `tokio_util::codec::{Decoder, Encoder}`; the
+//! decoder returns `Ok(None)` while a frame is incomplete and `Err` only for a
+//! malformed one, after which the connection must be closed.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Largest frame payload accepted or sent (DoS bound: one SIP message with
+/// headroom; a frame is buffered whole before it is decoded).
+pub const MAX_FRAME_LEN: usize = 256 * 1024;
+
+/// Size of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Protocol version carried in hello; a peer with another major is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Longest reason text carried in a goaway (bounded so a goaway fits any log line).
+pub const MAX_GOAWAY_REASON: usize = 256;
+
+/// One message on a mesh link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame in each direction: who I am and what I hold.
+    Hello(Hello),
+    /// Heartbeat request; the nonce is echoed in the pong.
+    Ping {
+        /// Opaque value echoed back.
+        nonce: u64,
+    },
+    /// Heartbeat answer.
+    Pong {
+        /// The nonce of the ping being answered.
+        nonce: u64,
+    },
+    /// The sender is closing the link on purpose, and why.
+    Goaway {
+        /// Short machine-readable reason (e.g. "shutdown", "replaced").
+        reason: String,
+    },
+}
+
+/// The hello exchanged once per link before it counts as up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Mesh protocol version of the sender.
+    pub protocol: u16,
+    /// The sender's FQDN; must equal the name in its certificate.
+    pub fqdn: String,
+    /// Version of the topology the sender holds.
+    pub topology_version: u64,
+    /// Feature bits (none defined yet; unknown bits are ignored).
+    pub features: u64,
+}
+
+/// Why a byte stream is not a valid frame sequence.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A zero length prefix.
+    #[error("empty frame")]
+    Empty,
+    /// The payload is not a postcard-encoded frame.
+    #[error("malformed frame: {0}")]
+    Malformed(postcard::Error),
+    /// The payload decoded but left bytes unread.
+    #[error("malformed frame: {0} trailing bytes")]
+    Trailing(usize),
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
+    Truncated(usize),
+    /// Transport error underneath.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decode one frame from the front of `buf`, consuming it.
+///
+/// `Ok(None)` means more bytes are needed; nothing is consumed then.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if buf.len() < LEN_PREFIX + len {
+        // Reserve only up to the (already bounded) announced size.
+        buf.reserve(LEN_PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LEN_PREFIX);
+    let payload = buf.split_to(len);
+    let (frame, rest) = postcard::take_from_bytes::<Frame>(&payload).map_err(FrameError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing(rest.len()));
+    }
+    Ok(Some(frame))
+}
+
+/// Append one encoded frame to `out`.
+pub fn encode(frame: &Frame, out: &mut BytesMut) -> Result<(), FrameError> {
+    let start = out.len();
+    out.put_u32(0);
+    let mut writer = BytesMutWriter(out);
+    postcard::to_io(frame, &mut writer).map_err(FrameError::Malformed)?;
+    let len = out.len() - start - LEN_PREFIX;
+    if len > MAX_FRAME_LEN {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encode a frame into a fresh buffer (convenience for tests and one-offs).
+pub fn encode_to_vec(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let mut out = BytesMut::new();
+    encode(frame, &mut out)?;
+    Ok(out.to_vec())
+}
+
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesMutWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `tokio_util` codec over [`decode`] / [`encode`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameCodec;
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        decode(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode(&frame, dst)
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode(frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Frame {
+        Frame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            fqdn: "fe1.contoso.test".into(),
+            topology_version: 7,
+            features: 0,
+        })
+    }
+
+    #[test]
+    fn round_trip_every_frame() {
+        let frames = [
+            hello(),
+            Frame::Ping { nonce: 42 },
+            Frame::Pong { nonce: u64::MAX },
+            Frame::Goaway {
+                reason: "shutdown".into(),
+            },
+        ];
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut buf).unwrap();
+        }
+        for f in &frames {
+            assert_eq!(decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn exact_bytes_of_a_ping() {
+        // Variant index 1 (varint), nonce 300 as varint 0xAC 0x02.
+        assert_eq!(
+            encode_to_vec(&Frame::Ping { nonce: 300 }).unwrap(),
+            vec![0, 0, 0, 3, 1, 0xAC, 0x02]
+        );
+    }
+
+    #[test]
+    fn incomplete_is_not_an_error() {
+        let bytes = encode_to_vec(&hello()).unwrap();
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert!(decode(&mut buf).unwrap().is_none(), "cut at {cut}");
+            assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocation() {
+        let mut buf = BytesMut::from(&[0xFF, 0xFF, 0xFF, 0xFF, 1][..]);
+        let err = decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::TooLarge {
+                len: 0xFFFF_FFFF,
+                max: MAX_FRAME_LEN
+            }
+        ));
+        assert!(buf.capacity() < 1024, "capacity {}", buf.capacity());
+    }
+
+    #[test]
+    fn limit_is_inclusive() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME_LEN as u32);
+        assert!(decode(&mut buf).unwrap().is_none());
+        let mut buf = BytesMut::new();
+        buf.put_u32(MAX_FRAME_LEN as u32 + 1);
+        assert!(matches!(decode(&mut buf), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn empty_and_garbage_frames() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert!(matches!(decode(&mut buf), Err(FrameError::Empty)));
+        // Variant index 99 does not exist.
+        let mut buf = BytesMut::from(&[0, 0, 0, 2, 99, 0][..]);
+        assert!(matches!(decode(&mut buf), Err(FrameError::Malformed(_))));
+        // A valid ping followed by junk inside the same frame.
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 1, 5, 9][..]);
+        assert!(matches!(decode(&mut buf), Err(FrameError::Trailing(1))));
+    }
+
+    #[test]
+    fn truncated_at_eof() {
+        let mut codec = FrameCodec;
+        let bytes = encode_to_vec(&hello()).unwrap();
+        let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(FrameError::Truncated(n)) if n == bytes.len() - 1
+        ));
+        let mut empty = BytesMut::new();
+        assert!(codec.decode_eof(&mut empty).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_goaway_is_not_sent() {
+        let frame = Frame::Goaway {
+            reason: "x".repeat(MAX_FRAME_LEN),
+        };
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        assert!(matches!(encode(&frame, &mut buf), Err(FrameError::TooLarge { .. })));
+        assert_eq!(&buf[..], b"keep");
+    }
+}

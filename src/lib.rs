@@ -1,0 +1,11 @@
+//! sipmesh: a mesh of trusted SIP servers over mutual TLS (Lync-2013 trust model).
+//!
+//! # Layout
+//!
+//! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
+//! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
+//! - [`ctl`]: the debug-socket client behind `sipmesh ctl`.
+
+pub mod cluster;
+pub mod ctl;
+pub mod pki;

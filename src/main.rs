@@ -1,0 +1,294 @@
+//! The `sipmesh` command: flag parsing and wiring only; the work lives in the
+//! library crates.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sipmesh::{cluster, ctl, pki};
+use sipmesh_actors::NodeConfig;
+use sipmesh_state::Topology;
+
+#[derive(Parser)]
+#[command(name = "sipmesh", version, about = "A mesh of trusted SIP servers over mutual TLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// A small file-based CA for labs and tests.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Work with topology files (the trusted-server set).
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+    /// Query a node through its debug socket.
+    Ctl {
+        /// The node's debug socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// status | links | members | rejections | topology | help
+        cmd: String,
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A local cluster on 127.0.0.1.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a node in the foreground (SIGINT/SIGTERM stop it cleanly).
+    Run {
+        /// The node's node.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA in a directory.
+    InitCa {
+        /// Directory for ca.pem, ca.key and index.json.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "sipmesh Root CA")]
+        name: String,
+    },
+    /// Issue a server certificate (SAN DNS = fqdn, EKU serverAuth + clientAuth).
+    Issue {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The server's FQDN.
+        #[arg(long)]
+        fqdn: String,
+        /// Extra SAN IP addresses.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Output directory for <fqdn>.pem and <fqdn>.key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mark a certificate revoked (then publish a new CRL with `pki crl`).
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Serial number in hex.
+        #[arg(long)]
+        serial: String,
+    },
+    /// Write a CRL (PEM) listing every revoked certificate.
+    Crl {
+        /// The CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Check a topology file and list every problem at once.
+    Validate {
+        /// The topology file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start a local cluster and stay in the foreground.
+    Up {
+        /// Number of nodes [default: 3].
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Directory for the cluster (a fresh one under the temp dir if absent).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// SIP domain; nodes are fe1.<domain>, fe2.<domain>, ...
+        #[arg(long, default_value = "contoso.test")]
+        domain: String,
+        /// Heartbeat interval of the nodes, in ms.
+        #[arg(long, default_value_t = sipmesh_actors::config::DEFAULT_HEARTBEAT_MS)]
+        heartbeat_ms: u64,
+        /// Cap of the redial backoff, in ms.
+        #[arg(long, default_value_t = sipmesh_actors::config::DEFAULT_BACKOFF_CAP_MS)]
+        backoff_cap_ms: u64,
+    },
+    /// Stop a cluster started elsewhere.
+    Down {
+        /// The cluster directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_node(config: PathBuf) -> anyhow::Result<()> {
+    init_logging();
+    if let Some(ppid) = std::env::var(cluster::PARENT_PID_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        // Die with the launcher even if it is SIGKILLed.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("prctl(PR_SET_PDEATHSIG)")?;
+        if nix::unistd::getppid().as_raw() != ppid {
+            anyhow::bail!("the cluster launcher (pid {ppid}) is already gone");
+        }
+    }
+    let config = NodeConfig::load(&config)?;
+    actix_rt::System::new().block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        sipmesh_actors::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Node {
+            command: NodeCommand::Run { config },
+        } => run_node(config)?,
+        Command::Pki { command } => match command {
+            PkiCommand::InitCa { dir, name } => {
+                let ca = pki::init_ca(&dir, &name)?;
+                println!(
+                    "CA \"{}\" created: {} (key {})",
+                    ca.name,
+                    ca.cert_path.display(),
+                    ca.key_path.display()
+                );
+            }
+            PkiCommand::Issue {
+                ca,
+                fqdn,
+                ip,
+                days,
+                out,
+            } => {
+                let mut opts = pki::IssueOptions::new(&fqdn);
+                opts.ips = ip;
+                opts.days = days;
+                let issued = pki::issue(&ca, &opts, &out)?;
+                println!(
+                    "issued {fqdn}: serial {} valid until {}\n  cert {}\n  key  {}",
+                    issued.serial,
+                    sipmesh_actors::rfc3339(issued.not_after),
+                    issued.cert_path.display(),
+                    issued.key_path.display()
+                );
+            }
+            PkiCommand::Revoke { ca, serial } => {
+                pki::revoke(&ca, &serial)?;
+                println!(
+                    "revoked {serial}; publish it with `sipmesh pki crl --ca {} --out FILE`",
+                    ca.display()
+                );
+            }
+            PkiCommand::Crl { ca, out } => {
+                let crl = pki::write_crl(&ca, &out)?;
+                println!(
+                    "CRL #{} with {} revoked certificate(s) written to {}",
+                    crl.number,
+                    crl.revoked,
+                    crl.path.display()
+                );
+            }
+        },
+        Command::Topology {
+            command: TopologyCommand::Validate { file },
+        } => match Topology::from_file(&file) {
+            Ok(t) => println!(
+                "{}: valid, version {}, {} member(s)",
+                file.display(),
+                t.version,
+                t.members.len()
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        Command::Ctl { socket, cmd, json } => {
+            let result = ctl::command(&socket, &cmd)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("{}", ctl::render(&cmd, &result));
+            }
+        }
+        Command::Cluster { command } => match command {
+            ClusterCommand::Up {
+                nodes,
+                dir,
+                domain,
+                heartbeat_ms,
+                backoff_cap_ms,
+            } => cluster::up(cluster::UpOptions {
+                nodes,
+                dir,
+                domain,
+                heartbeat_ms,
+                backoff_cap_ms,
+            })?,
+            ClusterCommand::Down { dir } => cluster::down(&dir)?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

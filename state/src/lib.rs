@@ -1,0 +1,23 @@
+//! sipmesh state: domain types, topology validation and the embedded store.
+//!
+//! No async and no network: everything here is plain values and a local
+//! database, so other crates (actors, binary) can test against it directly.
+//!
+//! # Layout
+//!
+//! - [`fqdn`]: [`Fqdn`], a validated lower-cased DNS name, and [`FqdnError`].
+//! - [`topology`]: the trusted-server set: [`Role`], [`TrustedServer`],
+//!   [`Topology`], parsing and validating the operator's TOML file
+//!   ([`TopologyError`], [`TopologyIssue`]: every problem, not just the first).
+//! - [`store`]: [`Store`], the redb-backed ACID store for the current
+//!   topology, its version history and a small key/value area ([`StoreError`]).
+
+#![forbid(unsafe_code)]
+
+pub mod fqdn;
+pub mod store;
+pub mod topology;
+
+pub use fqdn::{Fqdn, FqdnError};
+pub use store::{Store, StoreError};
+pub use topology::{Role, Topology, TopologyError, TopologyIssue, TrustedServer};
