@@ -47,8 +47,12 @@ pub struct ClusterFile {
     pub ca_dir: PathBuf,
     /// The CRL file every node loads.
     pub crl: PathBuf,
-    /// The topology file every node was started with.
+    /// The topology file every node was started with (signed).
     pub topology: PathBuf,
+    /// The topology admin's private key, so scripts can sign and publish changes.
+    pub topology_key: PathBuf,
+    /// The matching public key every node is configured with.
+    pub topology_public_key: PathBuf,
     /// Demo SIP users (filled once SIP registration exists).
     pub users: Vec<ClusterUser>,
     /// The launcher's pid.
@@ -157,6 +161,7 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
     let mut nodes = Vec::new();
     let crl = ca_dir.join("crl.pem");
     let topology_path = dir.join("topology.toml");
+    let (topology_key, topology_public_key) = crate::topology::keygen(dir)?;
     for i in 0..n {
         let fqdn = Fqdn::new(&format!("fe{}.{}", i + 1, opts.domain)).context("--domain")?;
         let node_dir = dir.join(format!("fe{}", i + 1));
@@ -175,6 +180,7 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
         let config = NodeConfig {
             fqdn: fqdn.clone(),
             topology: Some(topology_path.clone()),
+            topology_public_key: Some(topology_public_key.clone()),
             data_dir: node_dir.join("data"),
             debug_socket: node_dir.join("debug.sock"),
             mesh_listen: None,
@@ -208,7 +214,8 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
     }
     pki::write_crl(&ca_dir, &crl)?;
     let topology = Topology::new(1, members)?;
-    std::fs::write(&topology_path, topology.to_toml_string())?;
+    let admin = sipmesh_state::AdminKey::load(&topology_key)?;
+    std::fs::write(&topology_path, admin.sign(&topology.to_toml_string()))?;
     Ok(ClusterFile {
         domain: opts.domain.clone(),
         ca: ca.cert_path,
@@ -216,6 +223,8 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
         ca_dir,
         crl,
         topology: topology_path,
+        topology_key,
+        topology_public_key,
         users: Vec::new(),
         launcher_pid: std::process::id(),
         nodes,

@@ -128,7 +128,7 @@ pub fn render(cmd: &str, result: &Value) -> String {
             t.to_string()
         }
         "members" => {
-            let mut t = table(&["FQDN", "ROLE", "MESH", "CLIENT", "POOL", ""]);
+            let mut t = table(&["FQDN", "ROLE", "MESH", "CLIENT", "POOL", "TOPOLOGY", ""]);
             for r in rows {
                 let me = if r["self"] == Value::Bool(true) {
                     "(this node)"
@@ -141,6 +141,11 @@ pub fn render(cmd: &str, result: &Value) -> String {
                     text(&r["mesh_addr"]),
                     text(&r["client_addr"]),
                     text(&r["pool"]),
+                    match (&r["topology_version"], r["up_to_date"] == Value::Bool(true)) {
+                        (Value::Null, _) => "unknown".to_owned(),
+                        (v, true) => format!("v{v}"),
+                        (v, false) => format!("v{v} (lags)"),
+                    },
                     me.to_owned(),
                 ]);
             }
@@ -162,6 +167,21 @@ pub fn render(cmd: &str, result: &Value) -> String {
                 ]);
             }
             t.to_string()
+        }
+        "check" => {
+            let problems = result["problems"].as_array().cloned().unwrap_or_default();
+            if problems.is_empty() {
+                format!(
+                    "OK: no certificate expires within {} days, every peer is up and current",
+                    text(&result["days"])
+                )
+            } else {
+                let mut out = format!("{} problem(s):\n", problems.len());
+                for p in problems {
+                    out += &format!("  - {}\n", text(&p));
+                }
+                out.trim_end().to_owned()
+            }
         }
         "topology" => format!(
             "# topology v{} (versions in store: {})\n{}",

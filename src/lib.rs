@@ -5,7 +5,9 @@
 //! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
 //! - [`ctl`]: the debug-socket client behind `sipmesh ctl`.
+//! - [`topology`]: admin key files and diff display for `sipmesh topology`.
 
 pub mod cluster;
 pub mod ctl;
 pub mod pki;
+pub mod topology;

@@ -45,6 +45,9 @@ enum Command {
         /// Print JSON for scripts instead of a table.
         #[arg(long)]
         json: bool,
+        /// For `check`: warn about certificates expiring within this many days.
+        #[arg(long)]
+        days: Option<u64>,
     },
     /// A local cluster on 127.0.0.1.
     Cluster {
@@ -119,6 +122,42 @@ enum TopologyCommand {
         /// The topology file.
         file: PathBuf,
     },
+    /// Make an admin signing key pair (topology-admin.key / topology-admin.pub).
+    Keygen {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a topology file in place (after validating it).
+    Sign {
+        /// The topology file.
+        file: PathBuf,
+        /// The admin private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Write the signed document here instead of in place.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sign (with --key) and publish a topology to one node; it replicates to the rest.
+    Publish {
+        /// The topology file.
+        file: PathBuf,
+        /// The admin private key (without it the file must already be signed).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Debug socket of any node.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// Show what a topology file would add, remove and change on the running mesh.
+    Diff {
+        /// The topology file.
+        file: PathBuf,
+        /// Debug socket of any node.
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +229,78 @@ fn run_node(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn topology_command(command: TopologyCommand) -> anyhow::Result<ExitCode> {
+    use sipmesh::topology::TopologyDiffView;
+    use sipmesh_state::{signed, AdminKey, TopologyDiff};
+    match command {
+        TopologyCommand::Validate { file } => match Topology::from_file(&file) {
+            Ok(t) => println!(
+                "{}: valid, version {}, {} member(s)",
+                file.display(),
+                t.version,
+                t.members.len()
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        TopologyCommand::Keygen { out } => {
+            let (key_path, pub_path) = sipmesh::topology::keygen(&out)?;
+            println!(
+                "topology admin key: {} (keep it offline)\npublic key for node configs (topology_public_key): {}",
+                key_path.display(),
+                pub_path.display()
+            );
+        }
+        TopologyCommand::Sign { file, key, out } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let topology = Topology::from_toml_str(signed::unsigned_content(&text))
+                .with_context(|| format!("{} is not a valid topology; not signed", file.display()))?;
+            let key = AdminKey::load(&key)?;
+            let out = out.unwrap_or(file);
+            sipmesh::topology::write_atomically(&out, &key.sign(&text))?;
+            println!(
+                "signed topology v{} ({} members): {}",
+                topology.version,
+                topology.members.len(),
+                out.display()
+            );
+        }
+        TopologyCommand::Publish { file, key, socket } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let document = match key {
+                Some(k) => AdminKey::load(&k)?.sign(&text),
+                None => text,
+            };
+            let result = ctl::request(&socket, &serde_json::json!({"cmd": "publish", "document": document}))?;
+            if result["applied"] == serde_json::Value::Bool(true) {
+                let diff: TopologyDiffView = serde_json::from_value(result["diff"].clone())?;
+                println!("published: topology v{} is in effect", result["current"]);
+                print!("{}", diff.render());
+            } else {
+                println!("v{} was already in effect; nothing changed", result["current"]);
+            }
+        }
+        TopologyCommand::Diff { file, socket } => {
+            let new = Topology::from_file(&file)?;
+            let running = ctl::command(&socket, "topology")?;
+            let current = Topology::from_toml_str(running["toml"].as_str().unwrap_or(""))?;
+            let diff = TopologyDiff::between(&current, &new);
+            println!("running v{} -> file v{}", current.version, new.version);
+            if diff.is_empty() {
+                println!("no member changes");
+            } else {
+                print!("{}", TopologyDiffView::from(diff).render());
+            }
+            if new.version <= current.version {
+                println!("note: the file's version is not higher than the running one; nodes would refuse it (stale-version)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node {
@@ -241,26 +352,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         },
-        Command::Topology {
-            command: TopologyCommand::Validate { file },
-        } => match Topology::from_file(&file) {
-            Ok(t) => println!(
-                "{}: valid, version {}, {} member(s)",
-                file.display(),
-                t.version,
-                t.members.len()
-            ),
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                return Ok(ExitCode::FAILURE);
+        Command::Topology { command } => return topology_command(command),
+        Command::Ctl {
+            socket,
+            cmd,
+            json,
+            days,
+        } => {
+            let mut request = serde_json::json!({ "cmd": cmd });
+            if let Some(days) = days {
+                request["days"] = days.into();
             }
-        },
-        Command::Ctl { socket, cmd, json } => {
-            let result = ctl::command(&socket, &cmd)?;
+            let result = ctl::request(&socket, &request)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
                 println!("{}", ctl::render(&cmd, &result));
+            }
+            if cmd == "check" && result["ok"] != serde_json::Value::Bool(true) {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Cluster { command } => match command {

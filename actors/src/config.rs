@@ -27,6 +27,10 @@ pub struct NodeConfig {
     pub fqdn: Fqdn,
     /// Topology file imported into the store when it is newer than the stored one.
     pub topology: Option<PathBuf>,
+    /// The admin's public key (`sipmesh topology keygen`): when set, only
+    /// documents signed by it are accepted, and topology changes can be
+    /// published and replicated at run time. Without it the topology is static.
+    pub topology_public_key: Option<PathBuf>,
     /// Directory for the store.
     pub data_dir: PathBuf,
     /// Unix socket for `sipmesh ctl`.
@@ -118,6 +122,7 @@ pub enum ConfigError {
 struct RawConfig {
     fqdn: String,
     topology: Option<PathBuf>,
+    topology_public_key: Option<PathBuf>,
     data_dir: PathBuf,
     debug_socket: PathBuf,
     #[serde(default)]
@@ -218,6 +223,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             fqdn,
             topology: raw.topology.map(abs),
+            topology_public_key: raw.topology_public_key.map(abs),
             data_dir: abs(raw.data_dir),
             debug_socket: abs(raw.debug_socket),
             mesh_listen: raw.listen.mesh,
@@ -245,6 +251,9 @@ impl NodeConfig {
         s += &format!("fqdn = {}\n", toml_str(self.fqdn.as_str()));
         if let Some(t) = &self.topology {
             s += &format!("topology = {}\n", q(t));
+        }
+        if let Some(k) = &self.topology_public_key {
+            s += &format!("topology_public_key = {}\n", q(k));
         }
         s += &format!("data_dir = {}\n", q(&self.data_dir));
         s += &format!("debug_socket = {}\n", q(&self.debug_socket));
@@ -289,6 +298,7 @@ mod tests {
     const GOOD: &str = r#"
 fqdn = "FE1.contoso.test"
 topology = "topology.toml"
+topology_public_key = "admin.pub"
 data_dir = "data"
 debug_socket = "/run/fe1.sock"
 [listen]

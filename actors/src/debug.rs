@@ -11,11 +11,21 @@
 //!   restarts, last_error, cert_not_after, tls_version, cipher, frames_in,
 //!   frames_out, bytes_in, bytes_out` plus `cert_serial, direction, local_addr,
 //!   remote_addr, peer_topology_version, redial_in_ms`.
-//! - `members`: list of `fqdn, role, mesh_addr, client_addr` plus `pool, self`.
+//! - `members`: list of `fqdn, role, mesh_addr, client_addr` plus `pool, self`,
+//!   `topology_version` (the version that member reports; null when unknown)
+//!   and `up_to_date`.
 //! - `rejections`: list of `at, remote_addr, reason, presented_name` plus
 //!   `direction, detail`, oldest first (the last
 //!   [`MAX_REJECTIONS_KEPT`](crate::reject::MAX_REJECTIONS_KEPT)).
-//! - `topology`: `version, history, toml` of the trusted-server set in effect.
+//! - `topology`: `version, history, signed, dynamic, toml, refusals` of the
+//!   trusted-server set in effect (`refusals`: `at, from, reason, detail`).
+//! - `publish` (`{"cmd":"publish","document":"<signed topology>"}`): offer a
+//!   signed topology; answers `offered, current, applied, diff` or an error
+//!   starting with its reason (`bad-signature`, `stale-version`, `invalid`, `static`).
+//! - `reload`: re-read certificate, key, CA bundle and CRLs; re-check live
+//!   links. Answers `cert_serial, cert_not_after, crls, links_rechecked`.
+//! - `check` (`{"cmd":"check","days":30}`): `ok` and `problems` (certificates
+//!   expiring within `days`, peers not up, members lagging the topology version).
 //! - `help`: the command list.
 //! - `fault` (`{"cmd":"fault","panic_link":"<peer>"}`): only when the node
 //!   runs with `SIPMESH_FAULT_INJECTION=1`; makes that link's actor panic.
@@ -32,19 +42,33 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::{Framed, LinesCodec};
 
 use crate::membership::GetTopology;
-use crate::node::{InjectPanic, NodeHandle};
+use crate::node::{InjectPanic, NodeHandle, OfferTopology, Reload};
 use crate::status::LinkState;
+use crate::status::Shared;
 use crate::NodeError;
 
-/// Longest request line (DoS bound; requests are one short JSON object).
-pub const MAX_DEBUG_LINE: usize = 4_096;
+/// Longest request line (DoS bound; the largest request is `publish`, a signed
+/// topology of at most `MAX_SIGNED_DOC` bytes, JSON-escaped).
+pub const MAX_DEBUG_LINE: usize = 4 * sipmesh_state::signed::MAX_SIGNED_DOC;
+/// Default horizon of `check` for expiring certificates.
+pub const DEFAULT_CHECK_DAYS: u64 = 30;
 /// Simultaneous debug clients.
 pub const MAX_DEBUG_CLIENTS: usize = 16;
 /// A debug client silent for this long is disconnected.
 pub const DEBUG_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The command list shown by `help`.
-pub const COMMANDS: &[&str] = &["status", "links", "members", "rejections", "topology", "help"];
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "links",
+    "members",
+    "rejections",
+    "topology",
+    "publish",
+    "reload",
+    "check",
+    "help",
+];
 
 /// Bind the socket with mode 0600, replacing a stale socket file but never a
 /// live one.
@@ -152,7 +176,16 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
                 t.members
                     .iter()
                     .map(|m| {
+                        let version = if m.fqdn == shared.fqdn {
+                            Some(t.version)
+                        } else {
+                            shared
+                                .link(m.fqdn.as_str())
+                                .and_then(|l| l.update(|i| i.peer_topology_version))
+                        };
                         json!({
+                            "topology_version": version,
+                            "up_to_date": version == Some(t.version),
                             "fqdn": m.fqdn.as_str(),
                             "role": m.role.as_str(),
                             "mesh_addr": m.mesh_addr.to_string(),
@@ -173,6 +206,33 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
                 .map_err(|e| format!("membership unavailable: {e}"))??;
             serde_json::to_value(report).map_err(|e| e.to_string())
         }
+        "publish" => {
+            let document = request
+                .get("document")
+                .and_then(Value::as_str)
+                .ok_or("publish: missing \"document\"")?;
+            let outcome = node
+                .node
+                .send(OfferTopology {
+                    document: document.to_owned(),
+                    from: None,
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|r| r.to_string())?;
+            serde_json::to_value(outcome).map_err(|e| e.to_string())
+        }
+        "reload" => {
+            let report = node.node.send(Reload).await.map_err(|e| e.to_string())??;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+        "check" => {
+            let days = request
+                .get("days")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_CHECK_DAYS);
+            Ok(check(shared, days))
+        }
         "help" => Ok(json!(COMMANDS)),
         "fault" if node.faults => {
             let peer = request
@@ -187,4 +247,46 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
         }
         other => Err(format!("unknown command {other:?} (commands: {})", COMMANDS.join(", "))),
     }
+}
+
+/// The health check behind `ctl check`.
+pub fn check(shared: &Shared, days: u64) -> Value {
+    let horizon = time::OffsetDateTime::now_utc() + time::Duration::days(days as i64);
+    let mut problems = Vec::new();
+    let own = shared.tls.load().own.not_after;
+    if own <= horizon {
+        problems.push(format!(
+            "this node's certificate expires {} (within {days} days)",
+            crate::rfc3339(own)
+        ));
+    }
+    let version = shared.topology.load().version;
+    let links: Vec<_> = shared
+        .links
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for link in links {
+        let (state, not_after, peer_version) = link.update(|i| (i.state, i.cert_not_after, i.peer_topology_version));
+        if state != LinkState::Up {
+            let state = serde_json::to_value(state).unwrap_or_default();
+            problems.push(format!("peer {} is {}", link.peer, state.as_str().unwrap_or("not up")));
+        }
+        if let Some(t) = not_after.filter(|t| *t <= horizon) {
+            problems.push(format!(
+                "peer {}'s certificate expires {} (within {days} days)",
+                link.peer,
+                crate::rfc3339(t)
+            ));
+        }
+        match peer_version {
+            Some(v) if v < version => {
+                problems.push(format!("member {} holds topology v{v}, behind v{version}", link.peer))
+            }
+            _ => {}
+        }
+    }
+    json!({ "ok": problems.is_empty(), "days": days, "problems": problems })
 }

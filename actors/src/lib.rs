@@ -11,11 +11,14 @@
 //! - [`membership`]: the trusted-server set and its Store.
 //! - [`node`]: `NodeActor` and [`node::run`].
 //! - [`debug`]: the Unix debug socket.
+//! - [`sip`]: sans-IO SIP codec.
+//! - [`auth`]: SIP Digest authentication and the users file.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub mod auth;
 pub mod config;
 pub mod debug;
 pub mod link;
@@ -23,6 +26,7 @@ pub mod listener;
 pub mod membership;
 pub mod node;
 pub mod reject;
+pub mod sip;
 pub mod status;
 pub mod tls;
 pub mod wire;
@@ -43,6 +47,17 @@ pub enum NodeError {
     /// The topology file is invalid.
     #[error("topology: {0}")]
     Topology(#[from] sipmesh_state::TopologyError),
+    /// The topology file could not be read or does not verify.
+    #[error("topology file {path}: {message}")]
+    TopologyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The topology public key could not be loaded.
+    #[error("topology_public_key {0}")]
+    TopologyKey(String),
     /// Nothing to trust.
     #[error("no topology: the store holds none and no topology file is configured")]
     NoTopology,

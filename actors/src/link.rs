@@ -30,7 +30,8 @@ use tokio_rustls::TlsStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use crate::config::MeshTiming;
-use crate::reject::{RejectReason, Rejection};
+use crate::node::{NodeActor, OfferTopology, TopologyOutcome};
+use crate::reject::{Direction, RejectReason, Rejection};
 use crate::status::{LinkState, LinkStatus, Shared};
 use crate::tls::CertInfo;
 use crate::wire::{self, Frame, FrameError, Hello, PROTOCOL_VERSION};
@@ -105,6 +106,8 @@ pub struct Established {
     pub hello: Hello,
     /// The peer's verified certificate.
     pub peer_cert: CertInfo,
+    /// The peer's chain, kept to re-check the link after a reload.
+    pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Local socket address.
     pub local: Option<SocketAddr>,
     /// Remote socket address.
@@ -177,6 +180,22 @@ pub struct Shutdown {
     pub reason: &'static str,
 }
 
+/// Send the signed topology document to the peer unless it already holds `version`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendTopology {
+    /// The document.
+    pub document: Arc<String>,
+    /// Its version.
+    pub version: u64,
+}
+
+/// Re-check the live session's peer certificate against the current TLS
+/// material (after a reload); close the link if it no longer passes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Recheck;
+
 /// Fault injection for tests of supervision (only honoured when the node
 /// runs with fault injection enabled).
 #[derive(Message)]
@@ -204,11 +223,21 @@ pub struct PeerLink {
     session: Option<Session>,
     pending: Option<Established>,
     closing: bool,
+    /// Set when the peer's certificate failed a re-check; sticky until a
+    /// valid link comes up.
+    distrust: Option<LinkState>,
+    node: Addr<NodeActor>,
 }
 
 impl PeerLink {
     /// A link actor for `peer`; `status` is shared with readers.
-    pub fn new(peer: TrustedServer, shared: Arc<Shared>, status: Arc<LinkStatus>, timing: MeshTiming) -> PeerLink {
+    pub fn new(
+        peer: TrustedServer,
+        shared: Arc<Shared>,
+        status: Arc<LinkStatus>,
+        timing: MeshTiming,
+        node: Addr<NodeActor>,
+    ) -> PeerLink {
         PeerLink {
             peer,
             shared,
@@ -219,11 +248,15 @@ impl PeerLink {
             session: None,
             pending: None,
             closing: false,
+            distrust: None,
+            node,
         }
     }
 
     fn idle_state(&self) -> LinkState {
-        if self.was_up {
+        if let Some(state) = self.distrust {
+            state
+        } else if self.was_up {
             LinkState::Down
         } else if self.status.dialer && self.failures > 0 {
             LinkState::Backoff
@@ -284,7 +317,10 @@ impl PeerLink {
             _permit: est.permit.take(),
         });
         self.was_up = true;
+        self.distrust = None;
+        let peer_version = est.hello.topology_version;
         self.status.update(|i| {
+            i.peer_chain = std::mem::take(&mut est.peer_chain);
             i.last_error = None;
             i.rtt = None;
             i.cert_not_after = Some(est.peer_cert.not_after);
@@ -300,6 +336,39 @@ impl PeerLink {
         tracing::info!(peer = %self.peer.fqdn, remote = %est.remote, "mesh link up");
         // First heartbeat right away so RTT is known within one round trip.
         self.heartbeat(ctx);
+        // The side holding the newer signed topology sends it.
+        if let Some(doc) = self.shared.topology_doc.load_full() {
+            if self.shared.topology.load().version > peer_version {
+                self.send(
+                    ctx,
+                    Frame::Topology {
+                        document: (*doc).clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn offer_topology(&mut self, ctx: &mut Context<Self>, document: String) {
+        let msg = OfferTopology {
+            document,
+            from: Some(self.peer.fqdn.clone()),
+        };
+        ctx.spawn(self.node.send(msg).into_actor(self).map(|res, act, ctx| match res {
+            Ok(Ok(TopologyOutcome { offered, current, .. })) => {
+                act.status.update(|i| i.peer_topology_version = Some(offered));
+                if offered < current {
+                    // The peer lags: answer with ours.
+                    if let Some(doc) = act.shared.topology_doc.load_full() {
+                        act.send(ctx, Frame::Topology { document: (*doc).clone() });
+                    }
+                }
+            }
+            Ok(Err(refused)) => {
+                tracing::warn!(peer = %act.peer.fqdn, reason = refused.reason, detail = %refused.detail, "peer offered a topology we refuse");
+            }
+            Err(e) => tracing::warn!(peer = %act.peer.fqdn, error = %e, "node actor unavailable"),
+        }));
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -318,6 +387,10 @@ impl PeerLink {
     }
 
     fn end_session(&mut self, ctx: &mut Context<Self>, why: String) {
+        self.end_session_as(ctx, why, LinkState::Down)
+    }
+
+    fn end_session_as(&mut self, ctx: &mut Context<Self>, why: String, state: LinkState) {
         if let Some(s) = self.session.take() {
             if s.up_at.elapsed() < self.timing.heartbeat_timeout {
                 // A link that dies right after coming up must not redial in a tight loop.
@@ -329,7 +402,7 @@ impl PeerLink {
         }
         self.status.update(|i| i.last_error = Some(why));
         if !self.closing {
-            self.status.set_state(LinkState::Down);
+            self.status.set_state(state);
         }
         ctx.stop();
     }
@@ -398,18 +471,21 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
             Err(e) => {
                 return Err(match crate::tls::rejection_of(&e) {
                     Some(rej) => {
-                        shared.rejections.record(addr, true, &rej);
+                        shared.rejections.record(addr, Direction::Outbound, &rej);
                         format!("refused {addr}: {rej}")
                     }
                     None => format!("tls handshake with {addr}: {e}"),
                 })
             }
         };
-        let peer_cert = tls
+        let peer_chain: Vec<_> = tls
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|c| c.first())
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let peer_cert = peer_chain
+            .first()
             .ok_or("peer presented no certificate")
             .and_then(|c| CertInfo::parse(c).map_err(|_| "unparsable peer certificate"))?;
         let mut framed = Framed::new(TlsStream::Client(tls), LinkCodec::default());
@@ -431,7 +507,7 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
                 presented_name: Some(hello.fqdn.clone()),
                 detail: format!("dialled {} but its hello names {}", peer.fqdn, hello.fqdn),
             };
-            shared.rejections.record(addr, true, &rej);
+            shared.rejections.record(addr, Direction::Outbound, &rej);
             return Err(rej.to_string());
         }
         if hello.protocol != PROTOCOL_VERSION {
@@ -444,6 +520,7 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
             framed,
             hello,
             peer_cert,
+            peer_chain,
             local,
             remote: addr,
             permit: None,
@@ -465,6 +542,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Ping { .. } => "ping",
         Frame::Pong { .. } => "pong",
         Frame::Goaway { .. } => "goaway",
+        Frame::Topology { .. } => "topology",
     }
 }
 
@@ -517,6 +595,7 @@ impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
             }
             Frame::Goaway { reason } => self.end_session(ctx, format!("peer sent goaway: {reason}")),
             Frame::Hello(_) => self.end_session(ctx, "peer sent a second hello".to_owned()),
+            Frame::Topology { document } => self.offer_topology(ctx, document),
         }
     }
 
@@ -557,6 +636,50 @@ impl Handler<Shutdown> for PeerLink {
         }
         self.session = None;
         ctx.stop();
+    }
+}
+
+impl Handler<SendTopology> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendTopology, ctx: &mut Context<Self>) {
+        if self.session.is_some() && self.status.update(|i| i.peer_topology_version) != Some(msg.version) {
+            self.send(
+                ctx,
+                Frame::Topology {
+                    document: (*msg.document).clone(),
+                },
+            );
+        }
+    }
+}
+
+impl Handler<Recheck> for PeerLink {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Recheck, ctx: &mut Context<Self>) {
+        if self.session.is_none() {
+            return;
+        }
+        let (chain, remote) = self.status.update(|i| (i.peer_chain.clone(), i.remote_addr.clone()));
+        let Err(rej) = self.shared.tls.load().verifier.recheck(&chain) else {
+            return;
+        };
+        let remote = remote.and_then(|r| r.parse().ok()).unwrap_or(self.peer.mesh_addr);
+        self.shared.rejections.record(remote, Direction::Recheck, &rej);
+        let state = if rej.reason == RejectReason::Revoked {
+            LinkState::Revoked
+        } else {
+            LinkState::Untrusted
+        };
+        self.distrust = Some(state);
+        self.send(
+            ctx,
+            Frame::Goaway {
+                reason: rej.reason.as_str().to_owned(),
+            },
+        );
+        self.end_session_as(ctx, format!("peer certificate no longer trusted: {rej}"), state);
     }
 }
 

@@ -17,7 +17,7 @@ use tokio_util::codec::Framed;
 
 use crate::config::MeshTiming;
 use crate::link::{frame_name, Directory, Established, Inbound, LinkCodec};
-use crate::reject::{RejectReason, Rejection};
+use crate::reject::{Direction, RejectReason, Rejection};
 use crate::status::Shared;
 use crate::tls::{rejection_of, CertInfo};
 use crate::wire::{Frame, PROTOCOL_VERSION};
@@ -41,7 +41,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, directory: 
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             shared.rejections.record(
                 remote,
-                false,
+                Direction::Inbound,
                 &Rejection {
                     reason: RejectReason::ConnectionLimit,
                     presented_name: None,
@@ -55,10 +55,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, directory: 
         actix_rt::spawn(async move {
             match tokio::time::timeout(timing.handshake_timeout, authenticate(tcp, remote, &shared, permit)).await {
                 Ok(Ok(est)) => deliver(est, &shared, &directory).await,
-                Ok(Err(rej)) => shared.rejections.record(remote, false, &rej),
+                Ok(Err(rej)) => shared.rejections.record(remote, Direction::Inbound, &rej),
                 Err(_) => shared.rejections.record(
                     remote,
-                    false,
+                    Direction::Inbound,
                     &Rejection {
                         reason: RejectReason::Handshake,
                         presented_name: None,
@@ -113,11 +113,14 @@ async fn authenticate(
             detail: e.to_string(),
         })
     })?;
-    let cert = tls
+    let peer_chain: Vec<_> = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let cert = peer_chain
+        .first()
         .map(|c| CertInfo::parse(c))
         .ok_or_else(|| Rejection {
             reason: RejectReason::NoClientCert,
@@ -188,6 +191,7 @@ async fn authenticate(
         framed,
         hello,
         peer_cert: cert,
+        peer_chain,
         local,
         remote,
         permit: Some(permit),

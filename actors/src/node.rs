@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
-use sipmesh_state::{Fqdn, Store, TrustedServer};
+use sipmesh_state::{Fqdn, Store, Topology, TopologyDiff, TrustedServer};
 use tokio::net::TcpListener;
 
 use crate::config::{MeshTiming, NodeConfig};
-use crate::link::{self, Directory, PeerLink};
-use crate::membership::{self, Membership};
+use crate::link::{self, Directory, PeerLink, SendTopology};
+use crate::membership::{self, Membership, Offer, Offered, Refused};
 use crate::status::{LinkStatus, Shared};
 use crate::tls::{TlsConfigs, TlsMaterial};
 use crate::{debug, listener, NodeError};
@@ -33,11 +33,12 @@ pub struct NodeActor {
     timing: MeshTiming,
     directory: Arc<Directory>,
     links: BTreeMap<Fqdn, (TrustedServer, Addr<PeerLink>)>,
+    membership: Addr<Membership>,
     closing: bool,
 }
 
 impl NodeActor {
-    fn spawn_link(&mut self, member: TrustedServer) {
+    fn spawn_link(&mut self, member: TrustedServer, ctx: &mut Context<Self>) {
         let status = {
             let mut links = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
             links
@@ -45,15 +46,15 @@ impl NodeActor {
                 .or_insert_with(|| Arc::new(LinkStatus::new(member.fqdn.clone(), self.shared.fqdn < member.fqdn)))
                 .clone()
         };
-        let (shared, timing, m) = (self.shared.clone(), self.timing, member.clone());
-        let addr = Supervisor::start(move |_| PeerLink::new(m, shared, status, timing));
+        let (shared, timing, m, node) = (self.shared.clone(), self.timing, member.clone(), ctx.address());
+        let addr = Supervisor::start(move |_| PeerLink::new(m, shared, status, timing, node));
         self.directory.insert(member.fqdn.clone(), addr.clone());
         self.links.insert(member.fqdn.clone(), (member, addr));
     }
 
     /// Replace link actors whose mailbox closed (a handler panicked: actix's
     /// supervisor only sees actors that stop, not ones that die).
-    fn watchdog(&mut self) {
+    fn watchdog(&mut self, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
@@ -70,8 +71,61 @@ impl NodeActor {
                 status.set_state(crate::status::LinkState::Down);
             }
             tracing::error!(peer = %member.fqdn, "link actor died; restarting it");
-            self.spawn_link(member);
+            self.spawn_link(member, ctx);
         }
+    }
+
+    fn close_link(&mut self, fqdn: &Fqdn, reason: &'static str) {
+        if let Some((_, addr)) = self.links.remove(fqdn) {
+            let _ = addr.try_send(link::Shutdown { reason });
+        }
+        self.directory.remove(fqdn);
+        self.shared
+            .links
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(fqdn);
+    }
+
+    /// Make the links match a new topology, then pass the document on.
+    fn apply_change(&mut self, old: &Topology, new: &Topology, ctx: &mut Context<Self>) -> TopologyDiff {
+        let diff = TopologyDiff::between(old, new);
+        let me_in = new.member(self.shared.fqdn.as_str()).is_some();
+        if !me_in {
+            tracing::error!(fqdn = %self.shared.fqdn, version = new.version, "this node is no longer in the topology; closing every link");
+        }
+        for m in &diff.removed {
+            self.close_link(&m.fqdn, "removed-from-topology");
+        }
+        for (_, m) in &diff.changed {
+            if m.fqdn != self.shared.fqdn {
+                self.close_link(&m.fqdn, "topology-changed");
+                if me_in {
+                    self.spawn_link(m.clone(), ctx);
+                }
+            }
+        }
+        if me_in {
+            for m in &diff.added {
+                if m.fqdn != self.shared.fqdn {
+                    self.spawn_link(m.clone(), ctx);
+                }
+            }
+        } else {
+            let all: Vec<Fqdn> = self.links.keys().cloned().collect();
+            for f in all {
+                self.close_link(&f, "removed-from-topology");
+            }
+        }
+        if let Some(doc) = self.shared.topology_doc.load_full() {
+            for (_, addr) in self.links.values() {
+                let _ = addr.try_send(SendTopology {
+                    document: doc.clone(),
+                    version: new.version,
+                });
+            }
+        }
+        diff
     }
 }
 
@@ -82,10 +136,10 @@ impl Actor for NodeActor {
         let topology = self.shared.topology.load_full();
         for m in &topology.members {
             if m.fqdn != self.shared.fqdn {
-                self.spawn_link(m.clone());
+                self.spawn_link(m.clone(), ctx);
             }
         }
-        ctx.run_interval(self.timing.heartbeat_interval, |act, _| act.watchdog());
+        ctx.run_interval(self.timing.heartbeat_interval, |act, ctx| act.watchdog(ctx));
     }
 }
 
@@ -114,6 +168,119 @@ impl Handler<ShutdownNode> for NodeActor {
                 act.links.clear();
             }),
         )
+    }
+}
+
+/// A signed topology document offered by an operator (`from: None`) or a peer.
+#[derive(Message)]
+#[rtype(result = "Result<TopologyOutcome, Refused>")]
+pub struct OfferTopology {
+    /// The signed document.
+    pub document: String,
+    /// The peer it came from.
+    pub from: Option<Fqdn>,
+}
+
+/// What an accepted offer did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TopologyOutcome {
+    /// Version of the offered document.
+    pub offered: u64,
+    /// Version in effect now.
+    pub current: u64,
+    /// Whether it was applied (newer than what we held).
+    pub applied: bool,
+    /// The membership change it made.
+    pub diff: TopologyDiff,
+}
+
+impl Handler<OfferTopology> for NodeActor {
+    type Result = ResponseActFuture<Self, Result<TopologyOutcome, Refused>>;
+
+    fn handle(&mut self, msg: OfferTopology, _ctx: &mut Context<Self>) -> Self::Result {
+        let publish = msg.from.is_none();
+        let from = msg.from.map_or_else(|| "publish".to_owned(), |f| f.to_string());
+        let offer = Offer {
+            document: msg.document,
+            from: from.clone(),
+        };
+        let shared = self.shared.clone();
+        Box::pin(self.membership.send(offer).into_actor(self).map(move |res, act, ctx| {
+            let offered = res.map_err(|e| Refused {
+                reason: "invalid",
+                detail: format!("membership unavailable: {e}"),
+            })??;
+            match offered {
+                Offered::Applied { old, new } => {
+                    let diff = act.apply_change(&old, &new, ctx);
+                    Ok(TopologyOutcome {
+                        offered: new.version,
+                        current: new.version,
+                        applied: true,
+                        diff,
+                    })
+                }
+                Offered::Same(v) => Ok(TopologyOutcome {
+                    offered: v,
+                    current: v,
+                    ..Default::default()
+                }),
+                Offered::Older { offered, current } if publish => {
+                    let detail = format!("offered v{offered} but v{current} is in effect");
+                    shared.refuse_topology(&from, "stale-version", detail.clone());
+                    Err(Refused {
+                        reason: "stale-version",
+                        detail,
+                    })
+                }
+                Offered::Older { offered, current } => Ok(TopologyOutcome {
+                    offered,
+                    current,
+                    ..Default::default()
+                }),
+            }
+        }))
+    }
+}
+
+/// Reload the certificate, key, CA bundle and CRLs, then re-check live links.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, String>")]
+pub struct Reload;
+
+/// What a reload loaded.
+#[derive(Debug, serde::Serialize)]
+pub struct ReloadReport {
+    /// Serial of our certificate now in use.
+    pub cert_serial: String,
+    /// Its end of validity.
+    pub cert_not_after: String,
+    /// CRLs loaded.
+    pub crls: usize,
+    /// Live links re-checked.
+    pub links_rechecked: usize,
+}
+
+impl Handler<Reload> for NodeActor {
+    type Result = Result<ReloadReport, String>;
+
+    fn handle(&mut self, _msg: Reload, _ctx: &mut Context<Self>) -> Self::Result {
+        // Build everything first: a bad file leaves the running material untouched.
+        let material =
+            TlsMaterial::load(&self.shared.tls_paths, self.shared.fqdn.as_str()).map_err(|e| e.to_string())?;
+        let configs = TlsConfigs::build(&material, self.shared.topology.clone()).map_err(|e| e.to_string())?;
+        let report = ReloadReport {
+            cert_serial: configs.own.serial.clone(),
+            cert_not_after: crate::rfc3339(configs.own.not_after),
+            crls: configs.crl_count,
+            links_rechecked: self.links.len(),
+        };
+        self.shared.tls.store(Arc::new(configs));
+        for (_, addr) in self.links.values() {
+            let _ = addr.try_send(link::Recheck);
+        }
+        tracing::info!(serial = %report.cert_serial, crls = report.crls, "tls material reloaded");
+        Ok(report)
     }
 }
 
@@ -150,17 +317,32 @@ pub struct NodeHandle {
     pub faults: bool,
 }
 
+async fn reload_on_sighup(node: Addr<NodeActor>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; use `sipmesh ctl ... reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match node.send(Reload).await {
+            Ok(Ok(r)) => tracing::info!(serial = %r.cert_serial, "reloaded on SIGHUP"),
+            Ok(Err(e)) => tracing::error!(error = %e, "reload on SIGHUP failed; the previous material stays in effect"),
+            Err(_) => return,
+        }
+    }
+}
+
 /// Run a node until `shutdown` resolves. Must be called inside an actix
 /// `System` (the binary uses `actix_rt::System::new().block_on`).
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let started = Instant::now();
     let store = Store::open(&config.data_dir.join(STORE_FILE))?;
-    let topology = membership::initial_topology(&config, &store)?;
-    let me = topology
+    let initial = membership::initial_topology(&config, &store)?;
+    let me = initial
+        .topology
         .member(config.fqdn.as_str())
         .cloned()
         .expect("initial_topology checked membership");
-    let topology = Arc::new(ArcSwap::from_pointee(topology));
+    let topology = Arc::new(ArcSwap::from_pointee(initial.topology));
     let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?;
     let tls = TlsConfigs::build(&material, topology.clone())?;
     let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
@@ -180,6 +362,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         links: RwLock::new(BTreeMap::new()),
         rejections: Default::default(),
         mesh_addr,
+        topology_doc: arc_swap::ArcSwapOption::from(initial.document.map(Arc::new)),
+        topology_key: initial.key,
+        topology_refusals: Default::default(),
+        tls_paths: config.tls.clone(),
     });
     let membership = Membership::new(store, shared.clone()).start();
     let directory = Arc::new(Directory::default());
@@ -188,9 +374,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         timing: config.mesh,
         directory: directory.clone(),
         links: BTreeMap::new(),
+        membership: membership.clone(),
         closing: false,
     }
     .start();
+    let sighup = actix_rt::spawn(reload_on_sighup(node.clone()));
     let accept = actix_rt::spawn(listener::accept_loop(mesh, shared.clone(), directory, config.mesh));
     let handle = NodeHandle {
         shared: shared.clone(),
@@ -209,6 +397,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     shutdown.await;
     tracing::info!(fqdn = %shared.fqdn, "shutting down");
     accept.abort();
+    sighup.abort();
     let _ = node.send(ShutdownNode).await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     debug_task.abort();

@@ -100,6 +100,28 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// Which way the refused connection went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A peer dialled us.
+    Inbound,
+    /// We dialled a peer.
+    Outbound,
+    /// A live link re-checked after a reload.
+    Recheck,
+}
+
+impl Direction {
+    /// The text form shown on the debug socket.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+            Direction::Recheck => "recheck",
+        }
+    }
+}
+
 /// One recorded refusal as shown by `ctl rejections`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RejectionRecord {
@@ -111,7 +133,7 @@ pub struct RejectionRecord {
     pub reason: RejectReason,
     /// Name in the presented certificate, if any.
     pub presented_name: Option<String>,
-    /// `inbound` (accept) or `outbound` (dial).
+    /// `inbound` (accept), `outbound` (dial) or `recheck` (a live link re-checked after a reload).
     pub direction: &'static str,
     /// Human-readable detail.
     pub detail: String,
@@ -131,8 +153,8 @@ struct LogInner {
 
 impl RejectionLog {
     /// Record and log one refusal.
-    pub fn record(&self, remote: SocketAddr, outbound: bool, rejection: &Rejection) {
-        let direction = if outbound { "outbound" } else { "inbound" };
+    pub fn record(&self, remote: SocketAddr, direction: Direction, rejection: &Rejection) {
+        let direction = direction.as_str();
         tracing::warn!(
             remote = %remote,
             reason = %rejection.reason,
@@ -219,7 +241,7 @@ mod tests {
         };
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         for _ in 0..MAX_REJECTIONS_KEPT + 10 {
-            log.record(addr, false, &r);
+            log.record(addr, Direction::Inbound, &r);
         }
         let recent = log.recent();
         assert_eq!(recent.len(), MAX_REJECTIONS_KEPT);

@@ -29,6 +29,12 @@ pub enum LinkState {
     Up,
     /// Was up, is lost; redials go on underneath.
     Down,
+    /// Closed because the peer's certificate is now revoked (after a reload);
+    /// stays so until a link with a valid certificate comes up.
+    Revoked,
+    /// Closed because the peer's certificate no longer passes the trust checks
+    /// for another reason (CA removed, expired, left the topology).
+    Untrusted,
 }
 
 /// Mutable facts about one link (behind a mutex).
@@ -58,6 +64,8 @@ pub struct LinkInfo {
     pub peer_topology_version: Option<u64>,
     /// When the next dial is due, while waiting.
     pub next_dial: Option<Instant>,
+    /// The peer's certificate chain of the current session, for re-checks.
+    pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Status of one link: shared between its actor and readers.
@@ -100,6 +108,7 @@ impl LinkStatus {
                 remote_addr: None,
                 peer_topology_version: None,
                 next_dial: None,
+                peer_chain: Vec::new(),
             }),
             restarts: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
@@ -202,6 +211,22 @@ pub struct LinkRow {
     pub redial_in_ms: Option<u64>,
 }
 
+/// A refused topology document, as shown by `ctl topology`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopologyRefusal {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Where it came from: `publish` or the peer's FQDN.
+    pub from: String,
+    /// `bad-signature`, `stale-version` or `invalid`.
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// How many topology refusals are kept (DoS bound).
+pub const MAX_TOPOLOGY_REFUSALS: usize = 64;
+
 /// Everything the node's tasks share.
 pub struct Shared {
     /// This node.
@@ -220,6 +245,14 @@ pub struct Shared {
     pub rejections: RejectionLog,
     /// Mesh listen address actually bound.
     pub mesh_addr: std::net::SocketAddr,
+    /// The signed document of the topology in effect, when it came signed.
+    pub topology_doc: arc_swap::ArcSwapOption<String>,
+    /// The key topology documents must be signed with (None: static topology).
+    pub topology_key: Option<sipmesh_state::PublicKey>,
+    /// Recently refused topology documents.
+    pub topology_refusals: Mutex<std::collections::VecDeque<TopologyRefusal>>,
+    /// Where the TLS material is read from (for reloads).
+    pub tls_paths: crate::config::TlsPaths,
 }
 
 impl Shared {
@@ -231,6 +264,21 @@ impl Shared {
             .values()
             .map(|l| l.snapshot())
             .collect()
+    }
+
+    /// Record a refused topology document.
+    pub fn refuse_topology(&self, from: &str, reason: &'static str, detail: String) {
+        tracing::warn!(from, reason, detail = %detail, "topology refused");
+        let mut log = self.topology_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == MAX_TOPOLOGY_REFUSALS {
+            log.pop_front();
+        }
+        log.push_back(TopologyRefusal {
+            at: crate::rfc3339(OffsetDateTime::now_utc()),
+            from: from.to_owned(),
+            reason,
+            detail,
+        });
     }
 
     /// Status of the link to `peer`, if it is a member.

@@ -413,6 +413,10 @@ pub struct TlsConfigs {
     pub client: Arc<rustls::ClientConfig>,
     /// Facts about our own certificate.
     pub own: CertInfo,
+    /// The verifier both configs use, for re-checking live links.
+    pub verifier: Arc<MeshVerifier>,
+    /// Number of CRLs loaded.
+    pub crl_count: usize,
 }
 
 impl fmt::Debug for TlsConfigs {
@@ -427,20 +431,58 @@ impl TlsConfigs {
     /// Build both configs around one [`MeshVerifier`].
     pub fn build(material: &TlsMaterial, topology: Arc<ArcSwap<Topology>>) -> Result<TlsConfigs, TlsError> {
         let verifier = Arc::new(MeshVerifier::new(material, topology)?);
-        let server = rustls::ServerConfig::builder_with_provider(provider())
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier.clone())
             .with_single_cert(material.chain.clone(), material.key.clone_key())?;
-        let client = rustls::ClientConfig::builder_with_provider(provider())
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
+            .with_custom_certificate_verifier(verifier.clone())
             .with_client_auth_cert(material.chain.clone(), material.key.clone_key())?;
+        // No session resumption on the mesh: a resumed session skips
+        // certificate verification, which would let a revoked or removed peer
+        // back in on an old ticket.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+        client.resumption = rustls::client::Resumption::disabled();
         Ok(TlsConfigs {
             server: Arc::new(server),
             client: Arc::new(client),
             own: material.own.clone(),
+            verifier,
+            crl_count: material.crls.len(),
         })
+    }
+}
+
+impl MeshVerifier {
+    /// Re-run every check on a live link's peer chain (after a reload).
+    pub fn recheck(&self, chain: &[CertificateDer<'static>]) -> Result<(), Rejection> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(Rejection {
+                reason: RejectReason::NoClientCert,
+                presented_name: None,
+                detail: "no peer certificate recorded".into(),
+            });
+        };
+        ClientCertVerifier::verify_client_cert(self, leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| rejection_of_tls(&e))
+    }
+}
+
+/// Our [`Rejection`] inside a rustls error, or a classification of it.
+pub fn rejection_of_tls(tls: &rustls::Error) -> Rejection {
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = tls {
+        if let Some(r) = other.0.downcast_ref::<Rejection>() {
+            return r.clone();
+        }
+    }
+    Rejection {
+        reason: RejectReason::from_rustls(tls),
+        presented_name: None,
+        detail: tls.to_string(),
     }
 }
 

@@ -46,6 +46,11 @@ pub enum Frame {
         /// Short machine-readable reason (e.g. "shutdown", "replaced").
         reason: String,
     },
+    /// A signed topology document (sent by the side holding the newer one).
+    Topology {
+        /// The signed document text.
+        document: String,
+    },
 }
 
 /// The hello exchanged once per link before it counts as up.
@@ -216,6 +221,9 @@ mod tests {
             Frame::Pong { nonce: u64::MAX },
             Frame::Goaway {
                 reason: "shutdown".into(),
+            },
+            Frame::Topology {
+                document: "version = 1\n".into(),
             },
         ];
         let mut buf = BytesMut::new();

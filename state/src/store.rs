@@ -25,6 +25,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// big-endian). Reserved: [`Store::put_meta`] refuses it.
 pub const CURRENT_TOPOLOGY_KEY: &str = "topology.current";
 
+/// `meta` key of the signed document of the current topology (when it came signed).
+pub const SIGNED_TOPOLOGY_KEY: &str = "topology.signed";
+
 /// Embedded ACID store (redb) for the trusted-server set and its history.
 ///
 /// `Send + Sync`: share it behind an `Arc`; redb serialises writers itself.
@@ -114,6 +117,12 @@ impl Store {
     /// [`StoreError::StaleVersion`], and a topology that does not validate
     /// with [`StoreError::Invalid`].
     pub fn put_topology(&self, topology: &Topology) -> Result<(), StoreError> {
+        self.put_topology_signed(topology, None)
+    }
+
+    /// Like [`Store::put_topology`], also keeping the signed document it came
+    /// from (so it can be replicated after a restart), in the same transaction.
+    pub fn put_topology_signed(&self, topology: &Topology, signed: Option<&str>) -> Result<(), StoreError> {
         let checked = Topology::new(topology.version, topology.members.clone()).map_err(StoreError::Invalid)?;
         let bytes = serde_json::to_vec(&checked).map_err(backend)?;
         let txn = self.db.begin_write().map_err(backend)?;
@@ -132,8 +141,26 @@ impl Store {
             history.insert(checked.version, bytes.as_slice()).map_err(backend)?;
             meta.insert(CURRENT_TOPOLOGY_KEY, checked.version.to_be_bytes().as_slice())
                 .map_err(backend)?;
+            match signed {
+                Some(doc) => {
+                    meta.insert(SIGNED_TOPOLOGY_KEY, doc.as_bytes()).map_err(backend)?;
+                }
+                None => {
+                    meta.remove(SIGNED_TOPOLOGY_KEY).map_err(backend)?;
+                }
+            }
         }
         txn.commit().map_err(backend)
+    }
+
+    /// The signed document of the current topology, if it came signed.
+    pub fn signed_topology(&self) -> Result<Option<String>, StoreError> {
+        match self.get_meta(SIGNED_TOPOLOGY_KEY)? {
+            Some(bytes) => String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("signed topology is not UTF-8".into())),
+            None => Ok(None),
+        }
     }
 
     /// Every stored topology version, ascending.
@@ -158,7 +185,7 @@ impl Store {
     /// Generic small key/value area for later features (registrations,
     /// signed documents): table "meta". [`CURRENT_TOPOLOGY_KEY`] is reserved.
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        if key == CURRENT_TOPOLOGY_KEY {
+        if key == CURRENT_TOPOLOGY_KEY || key == SIGNED_TOPOLOGY_KEY {
             return Err(StoreError::ReservedKey(key.to_owned()));
         }
         let txn = self.db.begin_write().map_err(backend)?;

@@ -750,3 +750,66 @@ client_addr = "127.0.0.1:5070"
             .starts_with(&format!("cannot read topology file {}: ", missing.display())));
     }
 }
+
+/// What changes between two topologies, by FQDN.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TopologyDiff {
+    /// Members only in the new topology.
+    pub added: Vec<TrustedServer>,
+    /// Members only in the old topology.
+    pub removed: Vec<TrustedServer>,
+    /// Members in both whose entry differs: (old, new).
+    pub changed: Vec<(TrustedServer, TrustedServer)>,
+}
+
+impl TopologyDiff {
+    /// Compare `old` to `new`.
+    pub fn between(old: &Topology, new: &Topology) -> TopologyDiff {
+        let mut diff = TopologyDiff::default();
+        for m in &new.members {
+            match old.member(m.fqdn.as_str()) {
+                None => diff.added.push(m.clone()),
+                Some(o) if o != m => diff.changed.push((o.clone(), m.clone())),
+                Some(_) => {}
+            }
+        }
+        diff.removed = old
+            .members
+            .iter()
+            .filter(|m| new.member(m.fqdn.as_str()).is_none())
+            .cloned()
+            .collect();
+        diff
+    }
+
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+
+    fn member(n: u8, port: u16) -> TrustedServer {
+        TrustedServer {
+            fqdn: Fqdn::new(&format!("fe{n}.contoso.test")).unwrap(),
+            role: Role::FrontEnd,
+            mesh_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            client_addr: format!("127.0.0.1:{}", port + 1000).parse().unwrap(),
+            pool: None,
+        }
+    }
+
+    #[test]
+    fn diff_names_added_removed_and_changed() {
+        let old = Topology::new(1, vec![member(1, 5001), member(2, 5002), member(3, 5003)]).unwrap();
+        let new = Topology::new(2, vec![member(1, 5001), member(3, 5333), member(4, 5004)]).unwrap();
+        let d = TopologyDiff::between(&old, &new);
+        assert_eq!(d.added, vec![member(4, 5004)]);
+        assert_eq!(d.removed, vec![member(2, 5002)]);
+        assert_eq!(d.changed, vec![(member(3, 5003), member(3, 5333))]);
+        assert!(TopologyDiff::between(&new, &new).is_empty());
+    }
+}

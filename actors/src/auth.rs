@@ -1,0 +1,1511 @@
+//! SIP Digest authentication (RFC 3261 §22, RFC 8760 SHA-256) against a users file.
+//!
+//! Inside:
+//! - [`UsersFile`] / [`UserEntry`]: the TOML users file; passwords are stored
+//!   only as HA1 hashes (MD5 and SHA-256).
+//! - [`DigestAuth`]: makes `WWW-Authenticate` challenges and verifies
+//!   `Authorization` / `Proxy-Authorization` values (qop=auth; qop-less MD5 for
+//!   RFC 2069 clients).
+//! - [`AuthFailure`]: why a credential was refused, mapped to a SIP status in
+//!   [`AuthFailure::status_code`].
+//! - [`FailureTracker`]: consecutive failures per key, so a proxy can answer
+//!   403 after the retry limit.
+//! - [`digest_response`], [`ha1`], [`authorization_header`]: client-side helpers.
+//!
+//! Nonces are stateless: `base64url(timestamp || random || HMAC-SHA256(secret,
+//! timestamp || random || realm)[..16])`, so any node holding the same secret
+//! verifies them, across restarts. Consequence: `nc` is not tracked, so a
+//! captured Authorization can be replayed within the nonce lifetime; SIP runs
+//! over TLS here, which is what keeps it from being captured.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest as _, Sha256};
+
+/// Longest Authorization value accepted (DoS bound: a real one is ~400 bytes).
+pub const MAX_AUTH_HEADER: usize = 4096;
+
+/// Most (key) entries a [`FailureTracker`] keeps (DoS bound: each distinct
+/// source/user pair an attacker invents costs memory; 10 000 short strings is
+/// well under a few MB, and real clients with pending failures are far fewer).
+pub const MAX_TRACKED: usize = 10_000;
+
+/// Default nonce lifetime.
+pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(300);
+
+/// How far in the future a nonce's timestamp may be (clock skew between mesh
+/// nodes sharing the secret) before it is treated as stale.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 60;
+
+/// Random bytes in a nonce.
+const NONCE_RANDOM_LEN: usize = 16;
+/// Truncated HMAC bytes in a nonce.
+const NONCE_TAG_LEN: usize = 16;
+/// Decoded nonce length: timestamp, random, tag.
+const NONCE_LEN: usize = 8 + NONCE_RANDOM_LEN + NONCE_TAG_LEN;
+
+type HmacSha256 = Hmac<Sha256>;
+
+// ---------------------------------------------------------------------------
+// Algorithms and hashing
+
+/// A Digest hash algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// `MD5` (RFC 2617, RFC 3261); the default when `algorithm` is absent.
+    Md5,
+    /// `SHA-256` (RFC 7616, RFC 8760).
+    Sha256,
+}
+
+impl Algorithm {
+    /// Parse an `algorithm=` token, case-insensitively. `-sess` variants are
+    /// not supported and give `None`.
+    pub fn parse(token: &str) -> Option<Algorithm> {
+        if token.eq_ignore_ascii_case("MD5") {
+            Some(Algorithm::Md5)
+        } else if token.eq_ignore_ascii_case("SHA-256") {
+            Some(Algorithm::Sha256)
+        } else {
+            None
+        }
+    }
+
+    /// The token as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    /// Length of this algorithm's hashes in lowercase hex.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Md5 => 32,
+            Algorithm::Sha256 => 64,
+        }
+    }
+
+    /// Lowercase hex hash of `parts` joined by `:`.
+    fn hash_hex(self, parts: &[&str]) -> String {
+        fn feed<D: sha2::Digest>(mut d: D, parts: &[&str]) -> String {
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    d.update(b":");
+                }
+                d.update(p.as_bytes());
+            }
+            to_hex(&d.finalize())
+        }
+        match self {
+            Algorithm::Md5 => feed(md5::Md5::new(), parts),
+            Algorithm::Sha256 => feed(Sha256::new(), parts),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
+/// Constant-time equality: the time taken depends only on the lengths, which
+/// are public (fixed per algorithm).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// HA1 = H(username:realm:password), lowercase hex.
+pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
+    alg.hash_hex(&[username, realm, password])
+}
+
+/// The `response=` value for qop=auth (`qop = Some("auth")`) or, with
+/// `qop = None`, the RFC 2069 form (then `nc` and `cnonce` are unused).
+#[allow(clippy::too_many_arguments)] // mirrors the RFC's inputs one for one
+pub fn digest_response(
+    alg: Algorithm,
+    ha1_hex: &str,
+    nonce: &str,
+    nc: &str,
+    cnonce: &str,
+    qop: Option<&str>,
+    method: &str,
+    uri: &str,
+) -> String {
+    let ha2 = alg.hash_hex(&[method, uri]);
+    match qop {
+        Some(qop) => alg.hash_hex(&[ha1_hex, nonce, nc, cnonce, qop, &ha2]),
+        None => alg.hash_hex(&[ha1_hex, nonce, &ha2]),
+    }
+}
+
+/// A client `Authorization` value (qop=auth) answering a challenge; `nc` is
+/// the nonce count (formatted as 8 hex digits).
+#[allow(clippy::too_many_arguments)] // mirrors the RFC's inputs one for one
+pub fn authorization_header(
+    alg: Algorithm,
+    username: &str,
+    realm: &str,
+    password: &str,
+    nonce: &str,
+    uri: &str,
+    method: &str,
+    cnonce: &str,
+    nc: u32,
+) -> String {
+    let nc = format!("{nc:08x}");
+    let ha1 = ha1(alg, username, realm, password);
+    let response = digest_response(alg, &ha1, nonce, &nc, cnonce, Some("auth"), method, uri);
+    format!(
+        "Digest username={}, realm={}, nonce={}, uri={}, response=\"{response}\", \
+         algorithm={alg}, cnonce={}, qop=auth, nc={nc}",
+        quote(username),
+        quote(realm),
+        quote(nonce),
+        quote(uri),
+        quote(cnonce),
+    )
+}
+
+/// A quoted-string, escaping `"` and `\`.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Users file
+
+/// Users file (TOML), passwords stored only as HA1 hashes:
+///
+/// ```toml
+/// realm = "contoso.test"
+/// [[user]]
+/// name = "alice"
+/// ha1_md5 = "<hex MD5(name:realm:password)>"
+/// ha1_sha256 = "<hex SHA-256(name:realm:password)>"
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    /// The Digest realm every user belongs to.
+    pub realm: String,
+    /// The users (`[[user]]` tables).
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserEntry>,
+}
+
+/// One user of a [`UsersFile`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// The user name (Digest `username`), case-sensitive.
+    pub name: String,
+    /// Lowercase hex MD5(name:realm:password).
+    pub ha1_md5: String,
+    /// Lowercase hex SHA-256(name:realm:password).
+    pub ha1_sha256: String,
+}
+
+impl UserEntry {
+    /// An entry with both HA1 hashes computed from a clear password.
+    pub fn from_password(name: &str, realm: &str, password: &str) -> UserEntry {
+        UserEntry {
+            name: name.to_owned(),
+            ha1_md5: ha1(Algorithm::Md5, name, realm, password),
+            ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
+        }
+    }
+
+    /// This user's HA1 for `alg`.
+    pub fn ha1(&self, alg: Algorithm) -> &str {
+        match alg {
+            Algorithm::Md5 => &self.ha1_md5,
+            Algorithm::Sha256 => &self.ha1_sha256,
+        }
+    }
+}
+
+/// Why a users file was refused. `path` is `None` for [`UsersFile::parse`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthConfigError {
+    /// The file could not be read.
+    #[error("cannot read users file {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key, wrong type; toml's message names the key and line.
+    #[error("{}: {message}", origin(.path))]
+    Parse {
+        /// The file.
+        path: Option<PathBuf>,
+        /// toml's message.
+        message: String,
+    },
+    /// `realm` is empty or contains control characters.
+    #[error("{}: realm: {message}", origin(.path))]
+    BadRealm {
+        /// The file.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two `[[user]]` entries share a name.
+    #[error("{}: user {user:?}: duplicate name", origin(.path))]
+    DuplicateUser {
+        /// The file.
+        path: Option<PathBuf>,
+        /// The repeated name.
+        user: String,
+    },
+    /// A user entry's field is not acceptable.
+    #[error("{}: user {user:?}: {field}: {message}", origin(.path))]
+    BadUser {
+        /// The file.
+        path: Option<PathBuf>,
+        /// The user name (possibly empty, when that is the problem).
+        user: String,
+        /// The field: `name`, `ha1_md5` or `ha1_sha256`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("users file {}", p.display()),
+        None => "users file".to_owned(),
+    }
+}
+
+impl UsersFile {
+    /// Read and check a users file; errors name the path and, for a bad
+    /// entry, the user.
+    pub fn load(path: &Path) -> Result<UsersFile, AuthConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_from(&text, Some(path))
+    }
+
+    /// Parse and check users-file text. Hashes are normalised to lowercase.
+    pub fn parse(text: &str) -> Result<UsersFile, AuthConfigError> {
+        Self::parse_from(text, None)
+    }
+
+    fn parse_from(text: &str, path: Option<&Path>) -> Result<UsersFile, AuthConfigError> {
+        let path = || path.map(Path::to_owned);
+        let mut file: UsersFile = toml::from_str(text).map_err(|e| AuthConfigError::Parse {
+            path: path(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        if file.realm.is_empty() {
+            return Err(AuthConfigError::BadRealm {
+                path: path(),
+                message: "must not be empty".to_owned(),
+            });
+        }
+        if file.realm.chars().any(char::is_control) {
+            return Err(AuthConfigError::BadRealm {
+                path: path(),
+                message: "must not contain control characters".to_owned(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for u in &mut file.users {
+            let bad = |field, message: &str| AuthConfigError::BadUser {
+                path: path(),
+                user: u.name.clone(),
+                field,
+                message: message.to_owned(),
+            };
+            if u.name.is_empty() {
+                return Err(bad("name", "must not be empty"));
+            }
+            if u.name.chars().any(char::is_control) {
+                return Err(bad("name", "must not contain control characters"));
+            }
+            for (field, alg) in [("ha1_md5", Algorithm::Md5), ("ha1_sha256", Algorithm::Sha256)] {
+                let h = u.ha1(alg);
+                if h.len() != alg.hex_len() || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad(
+                        field,
+                        &format!("expected {} hex characters, got {:?}", alg.hex_len(), truncate(h, 80)),
+                    ));
+                }
+            }
+            if !seen.insert(u.name.clone()) {
+                return Err(AuthConfigError::DuplicateUser {
+                    path: path(),
+                    user: u.name.clone(),
+                });
+            }
+            // Digest responses are computed over lowercase hex (RFC 7616 §3.4.1).
+            u.ha1_md5.make_ascii_lowercase();
+            u.ha1_sha256.make_ascii_lowercase();
+        }
+        Ok(file)
+    }
+
+    /// The file as TOML text, readable by [`UsersFile::parse`].
+    pub fn to_toml(&self) -> String {
+        // Two strings and an array of string-only tables always serialise.
+        toml::to_string(self).expect("users file serialises to TOML")
+    }
+
+    /// The user called `name` (exact match).
+    pub fn user(&self, name: &str) -> Option<&UserEntry> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Verification
+
+/// Why an Authorization value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// Not a parseable Digest credential (answer 400).
+    #[error("malformed Authorization: {0}")]
+    Malformed(String),
+    /// `realm` is not ours.
+    #[error("unknown realm")]
+    UnknownRealm,
+    /// No such user.
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    /// The nonce is ours and the response right, but the nonce has expired:
+    /// re-challenge with `stale=true`.
+    #[error("stale nonce")]
+    StaleNonce,
+    /// The nonce was not made with our secret and realm.
+    #[error("bad nonce")]
+    BadNonce,
+    /// The response does not match (wrong password).
+    #[error("wrong response")]
+    BadResponse,
+    /// An `algorithm` other than MD5 or SHA-256.
+    #[error("unsupported algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+    /// A `qop` other than `auth`; empty when qop is absent with SHA-256.
+    #[error("unsupported qop {0:?}")]
+    UnsupportedQop(String),
+}
+
+impl AuthFailure {
+    /// The SIP status to answer: 400 for a malformed credential, otherwise a
+    /// new challenge, 407 from a proxy (`Proxy-Authenticate`) or 401 from a
+    /// registrar/UAS (`WWW-Authenticate`). The caller turns repeated
+    /// [`AuthFailure::is_credential_failure`] into 403 via [`FailureTracker`].
+    pub fn status_code(&self, proxy: bool) -> u16 {
+        match self {
+            AuthFailure::Malformed(_) => 400,
+            _ if proxy => 407,
+            _ => 401,
+        }
+    }
+
+    /// Whether the re-challenge should carry `stale=true`.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, AuthFailure::StaleNonce)
+    }
+
+    /// Whether this is a password guess gone wrong (counts toward the retry
+    /// limit); nonce and syntax problems do not.
+    pub fn is_credential_failure(&self) -> bool {
+        matches!(self, AuthFailure::UnknownUser(_) | AuthFailure::BadResponse)
+    }
+}
+
+/// Verifies Authorization headers and makes challenges.
+#[derive(Clone)]
+pub struct DigestAuth {
+    users: Arc<UsersFile>,
+    secret: [u8; 32],
+    nonce_ttl: Duration,
+}
+
+impl fmt::Debug for DigestAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestAuth")
+            .field("realm", &self.users.realm)
+            .field("users", &self.users.users.len())
+            .field("secret", &"<redacted>")
+            .field("nonce_ttl", &self.nonce_ttl)
+            .finish()
+    }
+}
+
+/// A fresh random nonce secret. Nodes that must accept each other's nonces
+/// share one secret instead.
+pub fn generate_secret() -> [u8; 32] {
+    rand::random()
+}
+
+impl DigestAuth {
+    /// A verifier for `users`, signing nonces with `secret`; nonces older than
+    /// `nonce_ttl` (whole seconds) are stale.
+    pub fn new(users: UsersFile, secret: [u8; 32], nonce_ttl: Duration) -> DigestAuth {
+        DigestAuth {
+            users: Arc::new(users),
+            secret,
+            nonce_ttl,
+        }
+    }
+
+    /// Our realm.
+    pub fn realm(&self) -> &str {
+        &self.users.realm
+    }
+
+    /// The users file in use.
+    pub fn users(&self) -> &UsersFile {
+        &self.users
+    }
+
+    /// WWW-Authenticate header values to send with a 401, SHA-256 first then
+    /// MD5 (RFC 8760 §2.4 ordering), each with realm, nonce, qop="auth",
+    /// algorithm, and stale=true when asked.
+    pub fn challenges(&self, stale: bool) -> Vec<String> {
+        let nonce = self.nonce_at(now_secs());
+        let realm = quote(&self.users.realm);
+        let stale = if stale { ", stale=true" } else { "" };
+        [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .map(|alg| format!("Digest realm={realm}, nonce=\"{nonce}\", qop=\"auth\", algorithm={alg}{stale}"))
+            .collect()
+    }
+
+    /// Check one Authorization (or Proxy-Authorization) header value for
+    /// `method` (e.g. "REGISTER"). The `uri=` parameter is what gets hashed,
+    /// per RFC. Returns the authenticated user name.
+    pub fn verify(&self, method: &str, authorization: &str) -> Result<String, AuthFailure> {
+        self.verify_at(method, authorization, now_secs())
+    }
+
+    fn verify_at(&self, method: &str, authorization: &str, now: u64) -> Result<String, AuthFailure> {
+        if authorization.len() > MAX_AUTH_HEADER {
+            return Err(AuthFailure::Malformed(format!("longer than {MAX_AUTH_HEADER} bytes")));
+        }
+        let p = DigestParams::parse(authorization)?;
+        let alg = match &p.algorithm {
+            None => Algorithm::Md5,
+            Some(a) => Algorithm::parse(a).ok_or_else(|| AuthFailure::UnsupportedAlgorithm(a.clone()))?,
+        };
+        match &p.qop {
+            Some(q) if !q.eq_ignore_ascii_case("auth") => {
+                return Err(AuthFailure::UnsupportedQop(q.clone()));
+            }
+            Some(_) => {
+                let nc = p.nc.as_deref().ok_or_else(|| missing("nc"))?;
+                if nc.len() != 8 || !nc.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(AuthFailure::Malformed("nc is not 8 hex digits".to_owned()));
+                }
+                if p.cnonce.as_deref().is_none_or(str::is_empty) {
+                    return Err(missing("cnonce"));
+                }
+            }
+            // RFC 2069 style, kept for old MD5 clients only; RFC 7616 requires qop.
+            None if alg == Algorithm::Md5 => {}
+            None => return Err(AuthFailure::UnsupportedQop(String::new())),
+        }
+        if p.realm != self.users.realm {
+            return Err(AuthFailure::UnknownRealm);
+        }
+        let issued = self.check_nonce(&p.nonce)?;
+
+        let user = self.users.user(&p.username);
+        // Hash even for an unknown user so timing does not tell which names exist.
+        let ha1 = user.map_or("", |u| u.ha1(alg));
+        let expected = digest_response(
+            alg,
+            ha1,
+            &p.nonce,
+            p.nc.as_deref().unwrap_or(""),
+            p.cnonce.as_deref().unwrap_or(""),
+            p.qop.as_deref(),
+            method,
+            &p.uri,
+        );
+        let Some(user) = user else {
+            return Err(AuthFailure::UnknownUser(p.username));
+        };
+        let got = p.response.to_ascii_lowercase();
+        if !ct_eq(expected.as_bytes(), got.as_bytes()) {
+            return Err(AuthFailure::BadResponse);
+        }
+        // Stale only after the response checked out (RFC 7616 §3.3): the client
+        // may then retry without asking the user again.
+        let ttl = self.nonce_ttl.as_secs();
+        if now > issued.saturating_add(ttl) || issued > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
+            return Err(AuthFailure::StaleNonce);
+        }
+        Ok(user.name.clone())
+    }
+
+    fn nonce_tag(&self, ts_and_random: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC accepts any key length");
+        mac.update(ts_and_random);
+        mac.update(self.users.realm.as_bytes());
+        mac
+    }
+
+    fn nonce_at(&self, ts: u64) -> String {
+        let mut raw = [0u8; NONCE_LEN];
+        raw[..8].copy_from_slice(&ts.to_be_bytes());
+        let random: [u8; NONCE_RANDOM_LEN] = rand::random();
+        raw[8..8 + NONCE_RANDOM_LEN].copy_from_slice(&random);
+        let tag = self.nonce_tag(&raw[..8 + NONCE_RANDOM_LEN]).finalize().into_bytes();
+        raw[8 + NONCE_RANDOM_LEN..].copy_from_slice(&tag[..NONCE_TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The nonce's issue time if it is genuine (made with our secret and realm).
+    fn check_nonce(&self, nonce: &str) -> Result<u64, AuthFailure> {
+        // Check the length before decoding: never trust the wire.
+        if nonce.len() != (NONCE_LEN * 8).div_ceil(6) {
+            return Err(AuthFailure::BadNonce);
+        }
+        let raw = URL_SAFE_NO_PAD.decode(nonce).map_err(|_| AuthFailure::BadNonce)?;
+        if raw.len() != NONCE_LEN {
+            return Err(AuthFailure::BadNonce);
+        }
+        let (body, tag) = raw.split_at(8 + NONCE_RANDOM_LEN);
+        self.nonce_tag(body)
+            .verify_truncated_left(tag)
+            .map_err(|_| AuthFailure::BadNonce)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&body[..8]);
+        Ok(u64::from_be_bytes(ts))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn missing(name: &str) -> AuthFailure {
+    AuthFailure::Malformed(format!("missing {name}"))
+}
+
+// ---------------------------------------------------------------------------
+// Parameter parsing
+
+/// The Digest parameters we use; others are ignored.
+#[derive(Debug, Default)]
+struct DigestParams {
+    username: String,
+    realm: String,
+    nonce: String,
+    uri: String,
+    response: String,
+    algorithm: Option<String>,
+    cnonce: Option<String>,
+    qop: Option<String>,
+    nc: Option<String>,
+}
+
+impl DigestParams {
+    fn parse(value: &str) -> Result<DigestParams, AuthFailure> {
+        let list = parse_challenge_list(value)?;
+        let mut slots: [(&str, Option<String>); 9] = [
+            ("username", None),
+            ("realm", None),
+            ("nonce", None),
+            ("uri", None),
+            ("response", None),
+            ("algorithm", None),
+            ("cnonce", None),
+            ("qop", None),
+            ("nc", None),
+        ];
+        for (name, v) in list {
+            if let Some(slot) = slots.iter_mut().find(|(n, _)| *n == name) {
+                if slot.1.is_some() {
+                    return Err(AuthFailure::Malformed(format!("duplicate {name}")));
+                }
+                slot.1 = Some(v);
+            }
+        }
+        let [username, realm, nonce, uri, response, algorithm, cnonce, qop, nc] = slots.map(|(_, v)| v);
+        Ok(DigestParams {
+            username: username.ok_or_else(|| missing("username"))?,
+            realm: realm.ok_or_else(|| missing("realm"))?,
+            nonce: nonce.ok_or_else(|| missing("nonce"))?,
+            uri: uri.ok_or_else(|| missing("uri"))?,
+            response: response.ok_or_else(|| missing("response"))?,
+            algorithm,
+            cnonce,
+            qop,
+            nc,
+        })
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    // SP / HTAB, plus CR LF in case the header still holds a line fold.
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Unquoted values: tokens, plus token68 characters (`/`, `=`) and the few
+/// others lenient clients put in bare nonces or URIs.
+fn is_bare_value_char(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) && !matches!(b, b',' | b'"' | b'\\')
+}
+
+/// `Digest name=value, ...` into lowercased names and unescaped values
+/// (RFC 7235 §2.1 / RFC 7616 syntax; empty list elements are allowed).
+fn parse_challenge_list(value: &str) -> Result<Vec<(String, String)>, AuthFailure> {
+    let malformed = |m: String| AuthFailure::Malformed(m);
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    let start = i;
+    while i < b.len() && is_tchar(b[i]) {
+        i += 1;
+    }
+    if !value[start..i].eq_ignore_ascii_case("Digest") {
+        return Err(malformed(format!(
+            "scheme {:?} is not Digest",
+            truncate(&value[start..i], 32)
+        )));
+    }
+    if i >= b.len() || !is_ws(b[i]) {
+        return Err(malformed("no parameters after Digest".to_owned()));
+    }
+    let mut out = Vec::new();
+    loop {
+        while i < b.len() && (is_ws(b[i]) || b[i] == b',') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let name_start = i;
+        while i < b.len() && is_tchar(b[i]) {
+            i += 1;
+        }
+        if i == name_start {
+            return Err(malformed(format!("expected a parameter name at byte {i}")));
+        }
+        let name = value[name_start..i].to_ascii_lowercase();
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            return Err(malformed(format!("expected '=' after {name}")));
+        }
+        i += 1;
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        let v = if i < b.len() && b[i] == b'"' {
+            i += 1;
+            let mut buf = Vec::new();
+            loop {
+                match b.get(i) {
+                    None => return Err(malformed(format!("unterminated quoted {name}"))),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => match b.get(i + 1) {
+                        Some(&c) if c == b'\t' || c >= 0x20 && c != 0x7f => {
+                            buf.push(c);
+                            i += 2;
+                        }
+                        _ => return Err(malformed(format!("bad escape in {name}"))),
+                    },
+                    Some(&c) if c == b'\t' || c >= 0x20 && c != 0x7f => {
+                        buf.push(c);
+                        i += 1;
+                    }
+                    Some(_) => return Err(malformed(format!("control character in {name}"))),
+                }
+            }
+            // Only ASCII backslashes were removed, so this stays UTF-8.
+            String::from_utf8(buf).map_err(|_| malformed(format!("bad UTF-8 in {name}")))?
+        } else {
+            let vs = i;
+            while i < b.len() && is_bare_value_char(b[i]) {
+                i += 1;
+            }
+            if i == vs {
+                return Err(malformed(format!("empty value for {name}")));
+            }
+            value[vs..i].to_owned()
+        };
+        out.push((name, v));
+        while i < b.len() && is_ws(b[i]) {
+            i += 1;
+        }
+        if i < b.len() && b[i] != b',' {
+            return Err(malformed(format!("expected ',' after {}", out[out.len() - 1].0)));
+        }
+    }
+    if out.is_empty() {
+        return Err(malformed("no parameters after Digest".to_owned()));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Failure tracking
+
+/// Counts consecutive failures per key (the caller's connection-or-source
+/// plus user name) so the proxy can answer 403 after `limit` failures.
+/// Bounded: at most [`MAX_TRACKED`] entries (oldest evicted); an entry
+/// expires `window` after its last failure.
+#[derive(Debug)]
+pub struct FailureTracker {
+    limit: u32,
+    window: Duration,
+    entries: HashMap<String, TrackEntry>,
+    /// Entries by last failure time, oldest first (for expiry and eviction).
+    order: BTreeMap<(Instant, u64), String>,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct TrackEntry {
+    count: u32,
+    order_key: (Instant, u64),
+}
+
+impl FailureTracker {
+    /// A tracker answering "limit reached" from the `limit`-th consecutive
+    /// failure within `window` of each other.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        FailureTracker {
+            limit,
+            window,
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Record a failure for `key` at `now`; `true` = the limit is reached:
+    /// answer 403.
+    pub fn fail(&mut self, key: &str, now: Instant) -> bool {
+        self.expire(now);
+        self.seq += 1;
+        let order_key = (now, self.seq);
+        let count = if let Some(e) = self.entries.get_mut(key) {
+            self.order.remove(&e.order_key);
+            e.count = e.count.saturating_add(1);
+            e.order_key = order_key;
+            e.count
+        } else {
+            if self.entries.len() >= MAX_TRACKED {
+                if let Some((_, oldest)) = self.order.pop_first() {
+                    self.entries.remove(&oldest);
+                }
+            }
+            self.entries.insert(key.to_owned(), TrackEntry { count: 1, order_key });
+            1
+        };
+        self.order.insert(order_key, key.to_owned());
+        count >= self.limit
+    }
+
+    /// A success for `key`: forget its failures.
+    pub fn succeed(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            self.order.remove(&e.order_key);
+        }
+    }
+
+    /// Consecutive failures currently counted for `key`.
+    pub fn failures(&self, key: &str, now: Instant) -> u32 {
+        match self.entries.get(key) {
+            Some(e) if !self.expired(e.order_key.0, now) => e.count,
+            _ => 0,
+        }
+    }
+
+    /// Number of keys tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn expired(&self, last: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(last) >= self.window
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let window = self.window;
+        while let Some(entry) = self.order.first_entry() {
+            if now.saturating_duration_since(entry.key().0) < window {
+                break;
+            }
+            let key = entry.remove();
+            self.entries.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn users() -> UsersFile {
+        UsersFile {
+            realm: "contoso.test".to_owned(),
+            users: vec![
+                UserEntry::from_password("alice", "contoso.test", "secret"),
+                UserEntry::from_password("bob", "contoso.test", "hunter2"),
+            ],
+        }
+    }
+
+    fn auth() -> DigestAuth {
+        DigestAuth::new(users(), SECRET, DEFAULT_NONCE_TTL)
+    }
+
+    /// The value of `name="..."` in a challenge.
+    fn param(header: &str, name: &str) -> String {
+        let list = parse_challenge_list(header).unwrap();
+        list.into_iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    fn client(a: &DigestAuth, alg: Algorithm, user: &str, password: &str) -> String {
+        let nonce = param(&a.challenges(false)[0], "nonce");
+        authorization_header(
+            alg,
+            user,
+            "contoso.test",
+            password,
+            &nonce,
+            "sip:contoso.test",
+            "REGISTER",
+            "0a4f113b",
+            1,
+        )
+    }
+
+    #[test]
+    fn rfc2617_md5_known_answer() {
+        let ha1 = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let r = digest_response(
+            Algorithm::Md5,
+            &ha1,
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            "00000001",
+            "0a4f113b",
+            Some("auth"),
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(r, "6629fae49393a05397450978507c4ef1");
+    }
+
+    #[test]
+    fn rfc7616_sha256_known_answer() {
+        let nonce = "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v";
+        let cnonce = "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ";
+        let h = authorization_header(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+            nonce,
+            "/dir/index.html",
+            "GET",
+            cnonce,
+            1,
+        );
+        let want = "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1";
+        assert_eq!(param(&h, "response"), want);
+        assert_eq!(param(&h, "nc"), "00000001");
+        assert_eq!(param(&h, "algorithm"), "SHA-256");
+        let ha1 = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
+        let r = digest_response(
+            Algorithm::Sha256,
+            &ha1,
+            nonce,
+            "00000001",
+            cnonce,
+            Some("auth"),
+            "GET",
+            "/dir/index.html",
+        );
+        assert_eq!(r, want);
+    }
+
+    #[test]
+    fn from_password_hashes() {
+        // printf 'alice:contoso.test:secret' | md5sum / sha256sum
+        let u = UserEntry::from_password("alice", "contoso.test", "secret");
+        assert_eq!(u.ha1_md5, "20599ad03ffee5aae1554fab1a27a172");
+        assert_eq!(
+            u.ha1_sha256,
+            "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b"
+        );
+        assert_eq!(u.name, "alice");
+    }
+
+    #[test]
+    fn challenges_shape() {
+        let a = auth();
+        let c = a.challenges(false);
+        assert_eq!(c.len(), 2);
+        assert!(c[0].starts_with("Digest realm=\"contoso.test\", nonce=\""), "{}", c[0]);
+        assert!(c[0].ends_with("\", qop=\"auth\", algorithm=SHA-256"), "{}", c[0]);
+        assert!(c[1].ends_with("\", qop=\"auth\", algorithm=MD5"), "{}", c[1]);
+        let nonce = param(&c[0], "nonce");
+        assert_eq!(nonce.len(), 54);
+        let raw = URL_SAFE_NO_PAD.decode(&nonce).unwrap();
+        assert_eq!(raw.len(), NONCE_LEN);
+        let ts = u64::from_be_bytes(raw[..8].try_into().unwrap());
+        assert!(now_secs().abs_diff(ts) <= 1);
+        assert_eq!(param(&c[0], "qop"), "auth");
+
+        let s = a.challenges(true);
+        assert!(s[0].ends_with("algorithm=SHA-256, stale=true"), "{}", s[0]);
+        assert!(s[1].ends_with("algorithm=MD5, stale=true"), "{}", s[1]);
+        // Fresh randomness each time.
+        assert_ne!(param(&s[0], "nonce"), nonce);
+    }
+
+    #[test]
+    fn round_trip_both_algorithms() {
+        let a = auth();
+        for alg in [Algorithm::Sha256, Algorithm::Md5] {
+            let h = client(&a, alg, "alice", "secret");
+            assert_eq!(a.verify("REGISTER", &h), Ok("alice".to_owned()), "{alg}");
+            let h = client(&a, alg, "bob", "hunter2");
+            assert_eq!(a.verify("REGISTER", &h), Ok("bob".to_owned()), "{alg}");
+        }
+    }
+
+    #[test]
+    fn wrong_password_method_or_uri() {
+        let a = auth();
+        for alg in [Algorithm::Sha256, Algorithm::Md5] {
+            let h = client(&a, alg, "alice", "Secret");
+            assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::BadResponse));
+            let h = client(&a, alg, "alice", "secret");
+            assert_eq!(a.verify("INVITE", &h), Err(AuthFailure::BadResponse));
+            let h = h.replace("sip:contoso.test", "sip:evil.test");
+            assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::BadResponse));
+        }
+        // Alice's credentials do not work under bob's name.
+        let h = client(&a, Algorithm::Md5, "alice", "secret").replace("\"alice\"", "\"bob\"");
+        assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::BadResponse));
+    }
+
+    #[test]
+    fn unknown_user() {
+        let a = auth();
+        let h = client(&a, Algorithm::Sha256, "mallory", "x");
+        assert_eq!(
+            a.verify("REGISTER", &h),
+            Err(AuthFailure::UnknownUser("mallory".to_owned()))
+        );
+        // Case-sensitive names.
+        let h = client(&a, Algorithm::Sha256, "Alice", "secret");
+        assert_eq!(
+            a.verify("REGISTER", &h),
+            Err(AuthFailure::UnknownUser("Alice".to_owned()))
+        );
+    }
+
+    #[test]
+    fn tampered_or_foreign_nonce() {
+        let a = auth();
+        let h = client(&a, Algorithm::Sha256, "alice", "secret");
+        let nonce = param(&h, "nonce");
+        // Flip one character in each region: timestamp, random, tag.
+        for pos in [2, 20, 50] {
+            let mut t: Vec<u8> = nonce.clone().into_bytes();
+            t[pos] = if t[pos] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(t).unwrap();
+            let tampered = authorization_header(
+                Algorithm::Sha256,
+                "alice",
+                "contoso.test",
+                "secret",
+                &t,
+                "sip:contoso.test",
+                "REGISTER",
+                "c",
+                1,
+            );
+            assert_eq!(a.verify("REGISTER", &tampered), Err(AuthFailure::BadNonce), "{pos}");
+        }
+        for bad in ["", "abc", "dcd98b7102dd2f0e8b11d0f600bfb0c093", &"A".repeat(54)] {
+            let h = h.replace(&nonce, bad);
+            assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::BadNonce), "{bad:?}");
+        }
+        // A nonce signed with another secret.
+        let other = DigestAuth::new(users(), [8; 32], DEFAULT_NONCE_TTL);
+        let h = client(&other, Algorithm::Md5, "alice", "secret");
+        assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::BadNonce));
+        // Same secret: another node (or after a restart) accepts it.
+        let same = DigestAuth::new(users(), SECRET, DEFAULT_NONCE_TTL);
+        let h = client(&same, Algorithm::Md5, "alice", "secret");
+        assert_eq!(a.verify("REGISTER", &h), Ok("alice".to_owned()));
+    }
+
+    #[test]
+    fn nonce_is_bound_to_realm() {
+        let mut u = users();
+        u.realm = "other.test".to_owned();
+        let other = DigestAuth::new(u, SECRET, DEFAULT_NONCE_TTL);
+        let nonce = other.nonce_at(now_secs());
+        assert_eq!(other.check_nonce(&nonce).map(|_| ()), Ok(()));
+        assert_eq!(auth().check_nonce(&nonce), Err(AuthFailure::BadNonce));
+    }
+
+    fn header_with_nonce(nonce: &str, password: &str) -> String {
+        authorization_header(
+            Algorithm::Sha256,
+            "alice",
+            "contoso.test",
+            password,
+            nonce,
+            "sip:contoso.test",
+            "REGISTER",
+            "abc",
+            2,
+        )
+    }
+
+    #[test]
+    fn expired_nonce_is_stale() {
+        let a = DigestAuth::new(users(), SECRET, Duration::from_secs(300));
+        let t0 = 1_700_000_000;
+        let h = header_with_nonce(&a.nonce_at(t0), "secret");
+        assert_eq!(a.verify_at("REGISTER", &h, t0), Ok("alice".to_owned()));
+        assert_eq!(a.verify_at("REGISTER", &h, t0 + 300), Ok("alice".to_owned()));
+        assert_eq!(a.verify_at("REGISTER", &h, t0 + 301), Err(AuthFailure::StaleNonce));
+        // Through the real clock: a nonce from long ago.
+        assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::StaleNonce));
+        // Stale only with the right password (RFC 7616 §3.3).
+        let wrong = header_with_nonce(&a.nonce_at(t0), "nope");
+        assert_eq!(a.verify_at("REGISTER", &wrong, t0 + 301), Err(AuthFailure::BadResponse));
+        // Far in the future (beyond clock skew) is re-challenged too.
+        let future = header_with_nonce(&a.nonce_at(t0 + 61), "secret");
+        assert_eq!(a.verify_at("REGISTER", &future, t0), Err(AuthFailure::StaleNonce));
+        let skewed = header_with_nonce(&a.nonce_at(t0 + 60), "secret");
+        assert_eq!(a.verify_at("REGISTER", &skewed, t0), Ok("alice".to_owned()));
+    }
+
+    #[test]
+    fn wrong_realm() {
+        let a = auth();
+        let nonce = param(&a.challenges(false)[0], "nonce");
+        let h = authorization_header(
+            Algorithm::Md5,
+            "alice",
+            "fabrikam.test",
+            "secret",
+            &nonce,
+            "sip:contoso.test",
+            "REGISTER",
+            "c",
+            1,
+        );
+        assert_eq!(a.verify("REGISTER", &h), Err(AuthFailure::UnknownRealm));
+    }
+
+    #[test]
+    fn malformed_headers() {
+        let a = auth();
+        let good = client(&a, Algorithm::Md5, "alice", "secret");
+        let cases: Vec<String> = vec![
+            String::new(),
+            "Digest".to_owned(),
+            "Digest ".to_owned(),
+            "Basic YWxpY2U6c2VjcmV0".to_owned(),
+            "Digestusername=\"alice\"".to_owned(),
+            good.replace("Digest ", "Digest,"),
+            good.replace("username=", "username "),
+            good.replace("username=\"alice\"", "username=\"alice"),
+            good.replace("username=\"alice\"", "username="),
+            good.replace("username=\"alice\"", "username=\"al\u{1}ice\""),
+            good.replace("username=\"alice\"", "username=\"alice\" x"),
+            good.replace("username=\"alice\"", "username=al ice"),
+            good.replace("username=\"alice\", ", ""),
+            good.replace("response=", "respons="),
+            good.replace(", uri=\"sip:contoso.test\"", ""),
+            format!("{good}, username=\"alice\""),
+            good.replace(", nc=00000001", ""),
+            good.replace("nc=00000001", "nc=1"),
+            good.replace("nc=00000001", "nc=0000000g"),
+            good.replace(", cnonce=\"0a4f113b\"", ""),
+            good.replace("cnonce=\"0a4f113b\"", "cnonce=\"\""),
+            format!("{good}, =x"),
+        ];
+        for h in cases {
+            assert!(
+                matches!(a.verify("REGISTER", &h), Err(AuthFailure::Malformed(_))),
+                "{h:?} -> {:?}",
+                a.verify("REGISTER", &h)
+            );
+        }
+    }
+
+    #[test]
+    fn over_long_header() {
+        let a = auth();
+        let good = client(&a, Algorithm::Sha256, "alice", "secret");
+        let padding = MAX_AUTH_HEADER - good.len() - ", x=\"\"".len();
+        let fits = format!("{good}, x=\"{}\"", "a".repeat(padding));
+        assert_eq!(fits.len(), MAX_AUTH_HEADER);
+        assert_eq!(a.verify("REGISTER", &fits), Ok("alice".to_owned()));
+        let over = format!("{good}, x=\"{}\"", "a".repeat(padding + 1));
+        assert_eq!(
+            a.verify("REGISTER", &over),
+            Err(AuthFailure::Malformed("longer than 4096 bytes".to_owned()))
+        );
+    }
+
+    #[test]
+    fn lenient_syntax() {
+        let a = auth();
+        let nonce = param(&a.challenges(false)[0], "nonce");
+        let ha1 = ha1(Algorithm::Sha256, "alice", "contoso.test", "secret");
+        let resp = digest_response(
+            Algorithm::Sha256,
+            &ha1,
+            &nonce,
+            "0000000A",
+            "x\"y",
+            Some("auth"),
+            "REGISTER",
+            "sip:contoso.test",
+        );
+        // Mixed-case names, bare tokens, spaces around '=' and ',', empty list
+        // elements, an escaped quote, an unknown parameter, uppercase response
+        // and algorithm.
+        let h = format!(
+            "  dIgEsT   USERNAME = \"alice\" ,, Realm=\"contoso.test\",\tNonce={nonce} ,\
+             uri = \"sip:contoso.test\", RESPONSE=\"{}\", opaque=\"zz\", \
+             Algorithm=sha-256, cnonce=\"x\\\"y\", qop=\"auth\", NC=0000000A ,",
+            resp.to_ascii_uppercase()
+        );
+        assert_eq!(a.verify("REGISTER", &h), Ok("alice".to_owned()));
+    }
+
+    #[test]
+    fn escaped_and_utf8_values() {
+        let list = parse_challenge_list(r#"Digest a="x\\y\"z", b="héllo", c=tok/68=="#).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                ("a".to_owned(), "x\\y\"z".to_owned()),
+                ("b".to_owned(), "héllo".to_owned()),
+                ("c".to_owned(), "tok/68==".to_owned()),
+            ]
+        );
+        // quote() round-trips through the parser.
+        let q = format!("Digest v={}", quote("a\"b\\c"));
+        assert_eq!(parse_challenge_list(&q).unwrap()[0].1, "a\"b\\c");
+    }
+
+    #[test]
+    fn algorithm_and_qop_rules() {
+        let a = auth();
+        let nonce = param(&a.challenges(false)[0], "nonce");
+        let base = |alg: &str, qop: Option<&str>, response: &str| {
+            let mut h = format!(
+                "Digest username=\"alice\", realm=\"contoso.test\", nonce=\"{nonce}\", \
+                 uri=\"sip:contoso.test\", response=\"{response}\""
+            );
+            if !alg.is_empty() {
+                h += &format!(", algorithm={alg}");
+            }
+            if let Some(q) = qop {
+                h += &format!(", qop={q}, nc=00000001, cnonce=\"c\"");
+            }
+            h
+        };
+        assert_eq!(
+            a.verify("REGISTER", &base("MD5-sess", Some("auth"), "00")),
+            Err(AuthFailure::UnsupportedAlgorithm("MD5-sess".to_owned()))
+        );
+        assert_eq!(
+            a.verify("REGISTER", &base("SHA-512-256", Some("auth"), "00")),
+            Err(AuthFailure::UnsupportedAlgorithm("SHA-512-256".to_owned()))
+        );
+        assert_eq!(
+            a.verify("REGISTER", &base("MD5", Some("auth-int"), "00")),
+            Err(AuthFailure::UnsupportedQop("auth-int".to_owned()))
+        );
+        assert_eq!(
+            a.verify("REGISTER", &base("SHA-256", None, "00")),
+            Err(AuthFailure::UnsupportedQop(String::new()))
+        );
+        // RFC 2069 style: MD5 without qop, algorithm absent or explicit.
+        let ha1 = ha1(Algorithm::Md5, "alice", "contoso.test", "secret");
+        let r = digest_response(
+            Algorithm::Md5,
+            &ha1,
+            &nonce,
+            "",
+            "",
+            None,
+            "REGISTER",
+            "sip:contoso.test",
+        );
+        assert_eq!(a.verify("REGISTER", &base("", None, &r)), Ok("alice".to_owned()));
+        assert_eq!(a.verify("REGISTER", &base("md5", None, &r)), Ok("alice".to_owned()));
+        assert_eq!(
+            a.verify("REGISTER", &base("", None, &"0".repeat(32))),
+            Err(AuthFailure::BadResponse)
+        );
+    }
+
+    #[test]
+    fn failure_mapping() {
+        assert_eq!(AuthFailure::Malformed("x".into()).status_code(true), 400);
+        assert_eq!(AuthFailure::BadResponse.status_code(false), 401);
+        assert_eq!(AuthFailure::StaleNonce.status_code(true), 407);
+        assert!(AuthFailure::StaleNonce.is_stale());
+        assert!(!AuthFailure::BadNonce.is_stale());
+        assert!(AuthFailure::BadResponse.is_credential_failure());
+        assert!(AuthFailure::UnknownUser("x".into()).is_credential_failure());
+        assert!(!AuthFailure::BadNonce.is_credential_failure());
+        assert!(!AuthFailure::StaleNonce.is_credential_failure());
+    }
+
+    #[test]
+    fn algorithm_tokens() {
+        assert_eq!(Algorithm::parse("md5"), Some(Algorithm::Md5));
+        assert_eq!(Algorithm::parse("Sha-256"), Some(Algorithm::Sha256));
+        assert_eq!(Algorithm::parse("SHA256"), None);
+        assert_eq!(Algorithm::Sha256.to_string(), "SHA-256");
+        assert_eq!(Algorithm::Md5.as_str(), "MD5");
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let d = format!("{:?}", auth());
+        assert!(d.contains("<redacted>"), "{d}");
+        assert!(!d.contains("7, 7"), "{d}");
+    }
+
+    // ---- users file
+
+    #[test]
+    fn users_file_round_trip() {
+        let u = users();
+        let text = u.to_toml();
+        assert!(text.contains("[[user]]"), "{text}");
+        assert!(text.contains("realm = \"contoso.test\""), "{text}");
+        assert_eq!(UsersFile::parse(&text).unwrap(), u);
+        assert_eq!(u.user("bob").unwrap().name, "bob");
+        assert!(u.user("carol").is_none());
+
+        let no_users = UsersFile::parse("realm = \"r\"\n").unwrap();
+        assert!(no_users.users.is_empty());
+    }
+
+    #[test]
+    fn users_file_normalises_hex_case() {
+        let text = format!(
+            "realm = \"contoso.test\"\n[[user]]\nname = \"alice\"\nha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n",
+            "20599AD03FFEE5AAE1554FAB1A27A172", "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b"
+        );
+        let f = UsersFile::parse(&text).unwrap();
+        assert_eq!(f.users[0], UserEntry::from_password("alice", "contoso.test", "secret"));
+    }
+
+    fn entry(name: &str, md5: &str, sha: &str) -> String {
+        format!("[[user]]\nname = \"{name}\"\nha1_md5 = \"{md5}\"\nha1_sha256 = \"{sha}\"\n")
+    }
+
+    #[test]
+    fn users_file_errors_name_user_and_field() {
+        let md5 = "20599ad03ffee5aae1554fab1a27a172";
+        let sha = "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b";
+        let head = "realm = \"contoso.test\"\n";
+        let cases = [
+            (
+                format!("{head}{}{}", entry("alice", md5, sha), entry("alice", md5, sha)),
+                "users file: user \"alice\": duplicate name",
+            ),
+            (
+                format!("{head}{}", entry("carol", &md5[1..], sha)),
+                "users file: user \"carol\": ha1_md5: expected 32 hex characters, got \"0599ad03ffee5aae1554fab1a27a172\"",
+            ),
+            (
+                format!("{head}{}", entry("dave", md5, &sha.replace('7', "z"))),
+                "users file: user \"dave\": ha1_sha256: expected 64 hex characters",
+            ),
+            (
+                format!("{head}{}", entry("erin", sha, sha)),
+                "users file: user \"erin\": ha1_md5: expected 32 hex characters",
+            ),
+            (
+                format!("{head}{}", entry("", md5, sha)),
+                "users file: user \"\": name: must not be empty",
+            ),
+            (
+                format!("realm = \"\"\n{}", entry("alice", md5, sha)),
+                "users file: realm: must not be empty",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = UsersFile::parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err:?} does not start with {want:?}");
+        }
+        let err = UsersFile::parse(&format!("{head}{}password = \"x\"\n", entry("alice", md5, sha))).unwrap_err();
+        assert!(matches!(err, AuthConfigError::Parse { .. }), "{err:?}");
+        assert!(err.to_string().contains("password"), "{err}");
+        let err = UsersFile::parse(&entry("alice", md5, sha)).unwrap_err();
+        assert!(err.to_string().contains("realm"), "{err}");
+    }
+
+    #[test]
+    fn load_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let err = UsersFile::load(&path).unwrap_err();
+        assert!(matches!(err, AuthConfigError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+
+        std::fs::write(&path, users().to_toml()).unwrap();
+        assert_eq!(UsersFile::load(&path).unwrap(), users());
+
+        let dup = format!(
+            "{}{}",
+            users().to_toml(),
+            entry("bob", &"a".repeat(32), &"b".repeat(64))
+        );
+        std::fs::write(&path, dup).unwrap();
+        let err = UsersFile::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("users file {}: user \"bob\": duplicate name", path.display())
+        );
+
+        std::fs::write(&path, "realm = 3\n").unwrap();
+        let err = UsersFile::load(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("users file {}: ", path.display())), "{err}");
+    }
+
+    // ---- failure tracker
+
+    #[test]
+    fn tracker_limit_on_nth_failure() {
+        let mut t = FailureTracker::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(!t.fail("10.0.0.1|alice", now));
+        assert!(!t.fail("10.0.0.1|alice", now));
+        assert!(!t.fail("10.0.0.2|alice", now));
+        assert!(t.fail("10.0.0.1|alice", now));
+        assert!(t.fail("10.0.0.1|alice", now));
+        assert_eq!(t.failures("10.0.0.1|alice", now), 4);
+        assert_eq!(t.failures("10.0.0.2|alice", now), 1);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn tracker_success_resets() {
+        let mut t = FailureTracker::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        assert!(!t.fail("k", now));
+        t.succeed("k");
+        assert!(t.is_empty());
+        assert!(!t.fail("k", now));
+        assert!(t.fail("k", now));
+        t.succeed("k");
+        assert!(!t.fail("k", now));
+        t.succeed("absent");
+    }
+
+    #[test]
+    fn tracker_window_expires() {
+        let mut t = FailureTracker::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(!t.fail("k", t0));
+        // Within the window of the last failure: counts.
+        assert!(t.fail("k", t0 + Duration::from_secs(59)));
+        // A failure-free window later: starts over.
+        assert_eq!(t.failures("k", t0 + Duration::from_secs(119)), 0);
+        assert!(!t.fail("k", t0 + Duration::from_secs(119)));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn tracker_is_bounded() {
+        let mut t = FailureTracker::new(2, Duration::from_secs(3600));
+        let t0 = Instant::now();
+        for i in 0..MAX_TRACKED + 5 {
+            assert!(!t.fail(&format!("k{i}"), t0 + Duration::from_millis(i as u64)));
+        }
+        assert_eq!(t.len(), MAX_TRACKED);
+        assert_eq!(t.order.len(), MAX_TRACKED);
+        let later = t0 + Duration::from_secs(20);
+        // The five oldest were evicted; the next oldest is still counted.
+        assert_eq!(t.failures("k4", later), 0);
+        assert_eq!(t.failures("k5", later), 1);
+        // Refreshing an entry moves it to the back: k5 survives the next eviction.
+        assert!(t.fail("k5", later));
+        assert!(!t.fail("new", later));
+        assert_eq!(t.failures("k5", later), 2);
+        assert_eq!(t.failures("k6", later), 0);
+        assert_eq!(t.len(), MAX_TRACKED);
+    }
+}
