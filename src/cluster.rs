@@ -17,7 +17,7 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use sipmesh_actors::config::{MeshTiming, NodeConfig, TlsPaths};
+use sipmesh_actors::config::{MeshTiming, NodeConfig, SipConfig, TlsPaths};
 use sipmesh_state::{Fqdn, Role, Topology, TrustedServer};
 
 use crate::pki;
@@ -53,7 +53,7 @@ pub struct ClusterFile {
     pub topology_key: PathBuf,
     /// The matching public key every node is configured with.
     pub topology_public_key: PathBuf,
-    /// Demo SIP users (filled once SIP registration exists).
+    /// Demo SIP users (Digest credentials for any node's client port).
     pub users: Vec<ClusterUser>,
     /// The launcher's pid.
     pub launcher_pid: u32,
@@ -106,6 +106,20 @@ pub struct UpOptions {
     pub heartbeat_ms: u64,
     /// Redial backoff cap given to nodes.
     pub backoff_cap_ms: u64,
+    /// SIP transaction timer base given to nodes.
+    pub t1_ms: u64,
+}
+
+/// Demo users `cluster up` creates.
+pub const DEMO_USERS: &[&str] = &["alice", "bob", "carol", "dave"];
+
+fn password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 impl ClusterFile {
@@ -162,6 +176,23 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
     let crl = ca_dir.join("crl.pem");
     let topology_path = dir.join("topology.toml");
     let (topology_key, topology_public_key) = crate::topology::keygen(dir)?;
+    let users: Vec<ClusterUser> = DEMO_USERS
+        .iter()
+        .map(|u| ClusterUser {
+            aor: format!("sip:{u}@{}", opts.domain),
+            password: password(),
+        })
+        .collect();
+    let users_file = sipmesh_actors::auth::UsersFile {
+        realm: opts.domain.clone(),
+        users: DEMO_USERS
+            .iter()
+            .zip(&users)
+            .map(|(name, u)| sipmesh_actors::auth::UserEntry::from_password(name, &opts.domain, &u.password))
+            .collect(),
+    };
+    let users_path = dir.join("users.toml");
+    std::fs::write(&users_path, users_file.to_toml())?;
     for i in 0..n {
         let fqdn = Fqdn::new(&format!("fe{}.{}", i + 1, opts.domain)).context("--domain")?;
         let node_dir = dir.join(format!("fe{}", i + 1));
@@ -197,6 +228,12 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
                 backoff_cap: Duration::from_millis(opts.backoff_cap_ms),
                 ..MeshTiming::default()
             },
+            sip: SipConfig {
+                domain: Some(opts.domain.clone()),
+                users: Some(users_path.clone()),
+                t1: Duration::from_millis(opts.t1_ms),
+                ..SipConfig::default()
+            },
         };
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;
@@ -225,7 +262,7 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
         topology: topology_path,
         topology_key,
         topology_public_key,
-        users: Vec::new(),
+        users,
         launcher_pid: std::process::id(),
         nodes,
     })
@@ -402,6 +439,16 @@ fn print_summary(dir: &Path, cluster: &ClusterFile) {
         ]);
     }
     println!("{t}");
+    if !cluster.users.is_empty() {
+        println!(
+            "demo SIP users (Digest, realm {}; any node's client port, TLS with CA {}):",
+            cluster.domain,
+            cluster.ca.display()
+        );
+        for u in &cluster.users {
+            println!("  {}  password {}", u.aor, u.password);
+        }
+    }
     println!("cluster file: {}", dir.join(CLUSTER_FILE).display());
     if let Some(first) = cluster.nodes.first() {
         println!(

@@ -183,6 +183,23 @@ pub fn render(cmd: &str, result: &Value) -> String {
                 out.trim_end().to_owned()
             }
         }
+        "registrations" => {
+            if rows.is_empty() {
+                return "no registrations stored at this node".into();
+            }
+            let mut t = table(&["AOR", "CONTACT", "HOME", "FLOW NODE", "FLOW", "EXPIRES IN s"]);
+            for r in rows {
+                t.add_row(vec![
+                    text(&r["aor"]),
+                    text(&r["contact"]),
+                    text(&r["home_node"]),
+                    text(&r["flow_node"]),
+                    text(&r["flow_id"]),
+                    text(&r["expires_in"]),
+                ]);
+            }
+            t.to_string()
+        }
         "topology" => format!(
             "# topology v{} (versions in store: {})\n{}",
             text(&result["version"]),

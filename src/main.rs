@@ -179,6 +179,9 @@ enum ClusterCommand {
         /// Cap of the redial backoff, in ms.
         #[arg(long, default_value_t = sipmesh_actors::config::DEFAULT_BACKOFF_CAP_MS)]
         backoff_cap_ms: u64,
+        /// SIP transaction timer T1, in ms (requests time out after 64*T1).
+        #[arg(long, default_value_t = sipmesh_actors::config::DEFAULT_T1_MS)]
+        t1_ms: u64,
     },
     /// Stop a cluster started elsewhere.
     Down {
@@ -380,12 +383,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 domain,
                 heartbeat_ms,
                 backoff_cap_ms,
+                t1_ms,
             } => cluster::up(cluster::UpOptions {
                 nodes,
                 dir,
                 domain,
                 heartbeat_ms,
                 backoff_cap_ms,
+                t1_ms,
             })?,
             ClusterCommand::Down { dir } => cluster::down(&dir)?,
         },

@@ -43,6 +43,62 @@ pub struct NodeConfig {
     pub tls: TlsPaths,
     /// Link timing.
     pub mesh: MeshTiming,
+    /// SIP service settings.
+    pub sip: SipConfig,
+}
+
+/// Default transaction timer base (RFC 3261 T1).
+pub const DEFAULT_T1_MS: u64 = 500;
+/// Default INVITE timeout after a provisional response (Timer C, > 3 min per RFC 3261).
+pub const DEFAULT_INVITE_TIMEOUT_MS: u64 = 181_000;
+/// Default shortest registration accepted (Min-Expires).
+pub const DEFAULT_MIN_EXPIRES: u32 = 60;
+/// Default longest registration granted.
+pub const DEFAULT_MAX_EXPIRES: u32 = 3_600;
+/// Default failed digest attempts before 403.
+pub const DEFAULT_AUTH_RETRY_LIMIT: u32 = 3;
+/// Default bound on client TLS connections.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// Default idle timeout of a client connection (RFC 5626 keep-alives reset it).
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 300_000;
+
+/// The `[sip]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SipConfig {
+    /// The SIP domain served (AORs `sip:user@domain`).
+    pub domain: Option<String>,
+    /// Digest users file (realm, users with HA1 hashes).
+    pub users: Option<PathBuf>,
+    /// Transaction timer base; non-INVITE and unanswered INVITE time out after 64*T1.
+    pub t1: Duration,
+    /// Timer C: INVITE timeout once a provisional response arrived.
+    pub invite_timeout: Duration,
+    /// Shortest registration accepted (shorter: 423).
+    pub min_expires: u32,
+    /// Longest registration granted (longer is shortened).
+    pub max_expires: u32,
+    /// Failed digest attempts before 403.
+    pub auth_retry_limit: u32,
+    /// Bound on client connections.
+    pub max_client_connections: usize,
+    /// Idle timeout of a client connection.
+    pub client_idle_timeout: Duration,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            domain: None,
+            users: None,
+            t1: Duration::from_millis(DEFAULT_T1_MS),
+            invite_timeout: Duration::from_millis(DEFAULT_INVITE_TIMEOUT_MS),
+            min_expires: DEFAULT_MIN_EXPIRES,
+            max_expires: DEFAULT_MAX_EXPIRES,
+            auth_retry_limit: DEFAULT_AUTH_RETRY_LIMIT,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            client_idle_timeout: Duration::from_millis(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+        }
+    }
 }
 
 /// Paths of the PEM files a node reads.
@@ -130,6 +186,22 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     mesh: RawMesh,
+    #[serde(default)]
+    sip: RawSip,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    domain: Option<String>,
+    users: Option<PathBuf>,
+    t1_ms: Option<u64>,
+    invite_timeout_ms: Option<u64>,
+    min_expires: Option<u32>,
+    max_expires: Option<u32>,
+    auth_retry_limit: Option<u32>,
+    max_client_connections: Option<usize>,
+    client_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -220,6 +292,40 @@ impl NodeConfig {
             None => d.max_connections,
         };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let sd = SipConfig::default();
+        let rs = raw.sip;
+        let sip = SipConfig {
+            domain: match rs.domain {
+                Some(d) => Some(
+                    Fqdn::new(&d)
+                        .map_err(|e| invalid("sip.domain", e.to_string()))?
+                        .to_string(),
+                ),
+                None => None,
+            },
+            users: rs.users.map(abs),
+            t1: ms(rs.t1_ms, sd.t1, "sip.t1_ms")?,
+            invite_timeout: ms(rs.invite_timeout_ms, sd.invite_timeout, "sip.invite_timeout_ms")?,
+            min_expires: rs.min_expires.unwrap_or(sd.min_expires),
+            max_expires: rs.max_expires.unwrap_or(sd.max_expires),
+            auth_retry_limit: rs.auth_retry_limit.unwrap_or(sd.auth_retry_limit),
+            max_client_connections: match rs.max_client_connections {
+                Some(0) => return Err(invalid("sip.max_client_connections", "must be greater than 0".into())),
+                Some(n) => n,
+                None => sd.max_client_connections,
+            },
+            client_idle_timeout: ms(
+                rs.client_idle_timeout_ms,
+                sd.client_idle_timeout,
+                "sip.client_idle_timeout_ms",
+            )?,
+        };
+        if sip.min_expires > sip.max_expires {
+            return Err(invalid(
+                "sip.min_expires",
+                format!("{} is larger than max_expires ({})", sip.min_expires, sip.max_expires),
+            ));
+        }
         Ok(NodeConfig {
             fqdn,
             topology: raw.topology.map(abs),
@@ -241,6 +347,7 @@ impl NodeConfig {
                 handshake_timeout,
                 max_connections,
             },
+            sip,
         })
     }
 
@@ -282,6 +389,24 @@ impl NodeConfig {
             m.backoff_cap.as_millis(),
             m.handshake_timeout.as_millis(),
             m.max_connections
+        );
+        let p = &self.sip;
+        s += "\n[sip]\n";
+        if let Some(d) = &p.domain {
+            s += &format!("domain = {}\n", toml_str(d));
+        }
+        if let Some(u) = &p.users {
+            s += &format!("users = {}\n", q(u));
+        }
+        s += &format!(
+            "t1_ms = {}\ninvite_timeout_ms = {}\nmin_expires = {}\nmax_expires = {}\nauth_retry_limit = {}\nmax_client_connections = {}\nclient_idle_timeout_ms = {}\n",
+            p.t1.as_millis(),
+            p.invite_timeout.as_millis(),
+            p.min_expires,
+            p.max_expires,
+            p.auth_retry_limit,
+            p.max_client_connections,
+            p.client_idle_timeout.as_millis()
         );
         s
     }

@@ -6,7 +6,8 @@
 //!
 //! Commands (field names are an interface for scripts):
 //! - `status`: `fqdn, role, topology_version, links_up, links_total, uptime_s`,
-//!   plus `pid, version, mesh_addr, rejections` (totals by reason).
+//!   plus `pid, version, mesh_addr, rejections` (totals by reason) and `sip`
+//!   (`domain, flows, requests` by method, `transactions` by method and final status).
 //! - `links`: list of `peer, state (up|connecting|backoff|down), rtt_ms, since,
 //!   restarts, last_error, cert_not_after, tls_version, cipher, frames_in,
 //!   frames_out, bytes_in, bytes_out` plus `cert_serial, direction, local_addr,
@@ -26,6 +27,8 @@
 //!   links. Answers `cert_serial, cert_not_after, crls, links_rechecked`.
 //! - `check` (`{"cmd":"check","days":30}`): `ok` and `problems` (certificates
 //!   expiring within `days`, peers not up, members lagging the topology version).
+//! - `registrations`: bindings stored at this node (it is their home):
+//!   `aor, contact, home_node, flow_node, flow_id, expires_in`.
 //! - `help`: the command list.
 //! - `fault` (`{"cmd":"fault","panic_link":"<peer>"}`): only when the node
 //!   runs with `SIPMESH_FAULT_INJECTION=1`; makes that link's actor panic.
@@ -64,6 +67,7 @@ pub const COMMANDS: &[&str] = &[
     "members",
     "rejections",
     "topology",
+    "registrations",
     "publish",
     "reload",
     "check",
@@ -167,6 +171,7 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
                 "version": env!("CARGO_PKG_VERSION"),
                 "mesh_addr": shared.mesh_addr.to_string(),
                 "rejections": shared.rejections.totals(),
+                "sip": shared.proxy.get().map(|p| p.stats()),
             }))
         }
         "links" => serde_json::to_value(shared.link_rows()).map_err(|e| e.to_string()),
@@ -232,6 +237,29 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_CHECK_DAYS);
             Ok(check(shared, days))
+        }
+        "registrations" => {
+            let Some(proxy) = shared.proxy.get() else {
+                return Ok(json!([]));
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let rows = proxy.registrar.all(now).map_err(|e| e.to_string())?;
+            Ok(Value::Array(
+                rows.iter()
+                    .map(|b| {
+                        json!({
+                            "aor": b.aor,
+                            "contact": b.contact,
+                            "home_node": shared.fqdn.as_str(),
+                            "flow_node": b.flow_node,
+                            "flow_id": b.flow_id,
+                            "expires_in": b.expires_in(now),
+                        })
+                    })
+                    .collect(),
+            ))
         }
         "help" => Ok(json!(COMMANDS)),
         "fault" if node.faults => {

@@ -12,6 +12,7 @@
 //! - [`node`]: `NodeActor` and [`node::run`].
 //! - [`debug`]: the Unix debug socket.
 //! - [`sip`]: sans-IO SIP codec.
+//! - [`proxy`]: the message actors: client listener, proxy, registrar.
 //! - [`auth`]: SIP Digest authentication and the users file.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod link;
 pub mod listener;
 pub mod membership;
 pub mod node;
+pub mod proxy;
 pub mod reject;
 pub mod sip;
 pub mod status;
@@ -82,6 +84,9 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The SIP service could not be set up (users file, ...).
+    #[error("sip: {0}")]
+    Sip(String),
     /// The debug socket could not be created.
     #[error("debug socket {path}: {message}")]
     DebugSocket {

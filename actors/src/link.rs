@@ -305,6 +305,7 @@ impl PeerLink {
             let _ = tx.try_send(our_hello(&self.shared));
         }
         let (sink, stream) = est.framed.split();
+        *self.status.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         actix_rt::spawn(writer(sink, rx, self.timing.heartbeat_timeout));
         ctx.add_stream(stream);
         let now = Instant::now();
@@ -391,6 +392,7 @@ impl PeerLink {
     }
 
     fn end_session_as(&mut self, ctx: &mut Context<Self>, why: String, state: LinkState) {
+        self.status.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = self.session.take() {
             if s.up_at.elapsed() < self.timing.heartbeat_timeout {
                 // A link that dies right after coming up must not redial in a tight loop.
@@ -543,6 +545,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Pong { .. } => "pong",
         Frame::Goaway { .. } => "goaway",
         Frame::Topology { .. } => "topology",
+        Frame::Sip { .. } => "sip",
     }
 }
 
@@ -568,6 +571,7 @@ impl Actor for PeerLink {
 impl Supervised for PeerLink {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.session = None;
+        self.status.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         if !self.closing {
             self.status.restarts.fetch_add(1, Ordering::Relaxed);
         }
@@ -596,6 +600,11 @@ impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
             Frame::Goaway { reason } => self.end_session(ctx, format!("peer sent goaway: {reason}")),
             Frame::Hello(_) => self.end_session(ctx, "peer sent a second hello".to_owned()),
             Frame::Topology { document } => self.offer_topology(ctx, document),
+            Frame::Sip { message, meta } => {
+                if let Some(proxy) = self.shared.proxy.get() {
+                    proxy.from_mesh(&self.peer.fqdn, message, meta);
+                }
+            }
         }
     }
 
@@ -629,6 +638,7 @@ impl Handler<Shutdown> for PeerLink {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
         self.closing = true;
+        self.status.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = self.session.as_ref() {
             let _ = s.tx.try_send(Frame::Goaway {
                 reason: msg.reason.to_owned(),

@@ -103,13 +103,13 @@ pub fn initial_topology(config: &NodeConfig, store: &Store) -> Result<Initial, N
 
 /// The membership actor.
 pub struct Membership {
-    store: Store,
+    store: Arc<Store>,
     shared: Arc<Shared>,
 }
 
 impl Membership {
     /// Wrap the store the node opened.
-    pub fn new(store: Store, shared: Arc<Shared>) -> Membership {
+    pub fn new(store: Arc<Store>, shared: Arc<Shared>) -> Membership {
         Membership { store, shared }
     }
 }

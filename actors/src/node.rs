@@ -335,7 +335,7 @@ async fn reload_on_sighup(node: Addr<NodeActor>) {
 /// `System` (the binary uses `actix_rt::System::new().block_on`).
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let started = Instant::now();
-    let store = Store::open(&config.data_dir.join(STORE_FILE))?;
+    let store = Arc::new(Store::open(&config.data_dir.join(STORE_FILE))?);
     let initial = membership::initial_topology(&config, &store)?;
     let me = initial
         .topology
@@ -352,6 +352,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         source,
     })?;
     let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
+    let client_addr = config.client_listen.unwrap_or(me.client_addr);
+    let client = TcpListener::bind(client_addr).await.map_err(|source| NodeError::Bind {
+        what: "sip clients",
+        addr: client_addr,
+        source,
+    })?;
+    let client_addr = client.local_addr().unwrap_or(client_addr);
     let debug_listener = debug::bind(&config.debug_socket)?;
     let shared = Arc::new(Shared {
         fqdn: config.fqdn.clone(),
@@ -366,8 +373,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         topology_key: initial.key,
         topology_refusals: Default::default(),
         tls_paths: config.tls.clone(),
+        proxy: Default::default(),
     });
-    let membership = Membership::new(store, shared.clone()).start();
+    let proxy =
+        Arc::new(crate::proxy::Proxy::new(shared.clone(), config.sip.clone(), store.clone()).map_err(NodeError::Sip)?);
+    *proxy.client_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(client_addr);
+    let _ = shared.proxy.set(proxy.clone());
+    let membership = Membership::new(store.clone(), shared.clone()).start();
     let directory = Arc::new(Directory::default());
     let node = NodeActor {
         shared: shared.clone(),
@@ -380,6 +392,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     .start();
     let sighup = actix_rt::spawn(reload_on_sighup(node.clone()));
     let accept = actix_rt::spawn(listener::accept_loop(mesh, shared.clone(), directory, config.mesh));
+    let clients = actix_rt::spawn(crate::proxy::client::accept_loop(
+        client,
+        proxy.clone(),
+        shared.clone(),
+        config.sip.clone(),
+    ));
     let handle = NodeHandle {
         shared: shared.clone(),
         node: node.clone(),
@@ -390,6 +408,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(
         fqdn = %shared.fqdn,
         mesh = %mesh_addr,
+        client = %client_addr,
         debug_socket = %config.debug_socket.display(),
         topology_version = shared.topology.load().version,
         "node running"
@@ -397,6 +416,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     shutdown.await;
     tracing::info!(fqdn = %shared.fqdn, "shutting down");
     accept.abort();
+    clients.abort();
     sighup.abort();
     let _ = node.send(ShutdownNode).await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;

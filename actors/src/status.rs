@@ -87,6 +87,18 @@ pub struct LinkStatus {
     pub bytes_in: AtomicU64,
     /// Bytes sent.
     pub bytes_out: AtomicU64,
+    /// The writer queue of the live session, for senders outside the link
+    /// actor (the SIP proxy): one bounded queue, no mailbox hop.
+    pub sender: Mutex<Option<tokio::sync::mpsc::Sender<crate::wire::Frame>>>,
+}
+
+/// Why a frame could not be queued on a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No live session.
+    Down,
+    /// The link's queue is full.
+    Full,
 }
 
 impl LinkStatus {
@@ -115,7 +127,18 @@ impl LinkStatus {
             frames_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            sender: Mutex::new(None),
         }
+    }
+
+    /// Queue a frame on the live session without waiting.
+    pub fn send_frame(&self, frame: crate::wire::Frame) -> Result<(), SendError> {
+        let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.as_ref().ok_or(SendError::Down)?;
+        tx.try_send(frame).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => SendError::Full,
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => SendError::Down,
+        })
     }
 
     /// Run `f` on the info under the lock.
@@ -253,6 +276,8 @@ pub struct Shared {
     pub topology_refusals: Mutex<std::collections::VecDeque<TopologyRefusal>>,
     /// Where the TLS material is read from (for reloads).
     pub tls_paths: crate::config::TlsPaths,
+    /// The SIP proxy, set once at start (links hand it relayed messages).
+    pub proxy: std::sync::OnceLock<Arc<crate::proxy::Proxy>>,
 }
 
 impl Shared {

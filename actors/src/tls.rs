@@ -417,6 +417,9 @@ pub struct TlsConfigs {
     pub verifier: Arc<MeshVerifier>,
     /// Number of CRLs loaded.
     pub crl_count: usize,
+    /// For the SIP client port: server authentication, optional client
+    /// certificate (verified against the same CAs and CRLs when presented).
+    pub client_port: Arc<rustls::ServerConfig>,
 }
 
 impl fmt::Debug for TlsConfigs {
@@ -446,7 +449,19 @@ impl TlsConfigs {
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
         client.resumption = rustls::client::Resumption::disabled();
+        let optional = WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider())
+            .with_crls(material.crls.clone())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let client_port = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(optional)
+            .with_single_cert(material.chain.clone(), material.key.clone_key())?;
         Ok(TlsConfigs {
+            client_port: Arc::new(client_port),
             server: Arc::new(server),
             client: Arc::new(client),
             own: material.own.clone(),

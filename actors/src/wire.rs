@@ -51,6 +51,40 @@ pub enum Frame {
         /// The signed document text.
         document: String,
     },
+    /// A SIP message relayed between nodes.
+    Sip {
+        /// The message bytes, exactly as they will be parsed by the receiver.
+        message: Vec<u8>,
+        /// How the receiving node should treat it.
+        meta: SipMeta,
+    },
+}
+
+/// Routing facts that travel with a SIP message over the mesh. Identity is
+/// asserted by the sending node, which authenticated the client: the mesh
+/// link itself is the trust boundary, as in Lync's MTLS model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipMeta {
+    /// The AOR the ingress node authenticated, if any.
+    pub identity: Option<String>,
+    /// What the receiver should do with it.
+    pub route: MeshRoute,
+}
+
+/// What a receiving node does with a relayed SIP message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshRoute {
+    /// A response: route it by its top Via.
+    Response,
+    /// A request for an AOR whose home is the receiver (registrar and location lookup).
+    Home {
+        /// For REGISTER: the client's flow id at the sending node.
+        flow: Option<u64>,
+    },
+    /// Deliver to this flow (a client connection) at the receiver.
+    Flow(u64),
+    /// A request following its Route set (in-dialog).
+    Dialog,
 }
 
 /// The hello exchanged once per link before it counts as up.
@@ -224,6 +258,13 @@ mod tests {
             },
             Frame::Topology {
                 document: "version = 1\n".into(),
+            },
+            Frame::Sip {
+                message: b"OPTIONS sip:fe1.contoso.test SIP/2.0\r\n\r\n".to_vec(),
+                meta: SipMeta {
+                    identity: Some("sip:alice@contoso.test".into()),
+                    route: MeshRoute::Flow(7),
+                },
             },
         ];
         let mut buf = BytesMut::new();

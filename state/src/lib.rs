@@ -11,15 +11,18 @@
 //!   ([`TopologyError`], [`TopologyIssue`]: every problem, not just the first).
 //! - [`store`]: [`Store`], the redb-backed ACID store for the current
 //!   topology, its version history and a small key/value area ([`StoreError`]).
+//! - [`binding`]: registrar bindings ([`Binding`]).
 //! - [`signed`]: Ed25519-signed topology documents and the admin key.
 
 #![forbid(unsafe_code)]
 
+pub mod binding;
 pub mod fqdn;
 pub mod signed;
 pub mod store;
 pub mod topology;
 
+pub use binding::Binding;
 pub use fqdn::{Fqdn, FqdnError};
 pub use signed::{AdminKey, PublicKey, SignedError, SignedTopology};
 pub use store::{Store, StoreError};

@@ -8,6 +8,8 @@
 //!   [`CURRENT_TOPOLOGY_KEY`] (u64 big-endian), plus whatever later features
 //!   put there through [`Store::put_meta`].
 //!
+//! - `bindings: &str -> &[u8]`: registrar bindings per AOR, as JSON.
+//!
 //! Everything read back is re-validated through [`Topology::new`], so a
 //! damaged entry surfaces as [`StoreError::Corrupt`] instead of a bad set.
 
@@ -16,10 +18,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::binding::Binding;
 use crate::topology::{Topology, TopologyError};
 
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("topology_history");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const BINDINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("bindings");
 
 /// Key in the `meta` table holding the current topology version (u64
 /// big-endian). Reserved: [`Store::put_meta`] refuses it.
@@ -91,6 +95,7 @@ impl Store {
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(HISTORY).map_err(|e| open_err(e.to_string()))?;
         txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+        txn.open_table(BINDINGS).map_err(|e| open_err(e.to_string()))?;
         txn.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(Store { db })
     }
@@ -151,6 +156,47 @@ impl Store {
             }
         }
         txn.commit().map_err(backend)
+    }
+
+    /// Replace the bindings of `aor` (an empty list removes the AOR), in one transaction.
+    pub fn put_bindings(&self, aor: &str, bindings: &[Binding]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(BINDINGS).map_err(backend)?;
+            if bindings.is_empty() {
+                table.remove(aor).map_err(backend)?;
+            } else {
+                let bytes = serde_json::to_vec(bindings).map_err(backend)?;
+                table.insert(aor, bytes.as_slice()).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
+    /// The bindings of `aor` (possibly expired ones: the caller filters by time).
+    pub fn bindings(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(BINDINGS).map_err(backend)?;
+        match table.get(aor).map_err(backend)? {
+            Some(v) => {
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(format!("bindings of {aor}: {e}")))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every stored binding, by AOR.
+    pub fn all_bindings(&self) -> Result<Vec<Binding>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(BINDINGS).map_err(backend)?;
+        let mut all = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let list: Vec<Binding> = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("bindings of {}: {e}", k.value())))?;
+            all.extend(list);
+        }
+        Ok(all)
     }
 
     /// The signed document of the current topology, if it came signed.
@@ -415,5 +461,31 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with(&format!("cannot open store {}: ", path.display())));
+    }
+
+    #[test]
+    fn bindings_persist_per_aor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let b = Binding {
+            aor: "sip:alice@contoso.test".into(),
+            contact: "<sip:alice@127.0.0.1:5999;transport=tls>".into(),
+            expires_at: 2_000_000_000,
+            flow_node: "fe1.contoso.test".into(),
+            flow_id: 7,
+            call_id: "c1".into(),
+            cseq: 2,
+            updated_at: 1_999_999_000,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_bindings(&b.aor, std::slice::from_ref(&b)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.bindings(&b.aor).unwrap(), vec![b.clone()]);
+        assert_eq!(store.all_bindings().unwrap().len(), 1);
+        store.put_bindings(&b.aor, &[]).unwrap();
+        assert!(store.bindings(&b.aor).unwrap().is_empty());
+        assert_eq!(b.expires_in(1_999_999_990), 10);
     }
 }

@@ -292,7 +292,10 @@ mod tests {
         assert_eq!(raw, r#""J Rosenberg \\\"""#);
         assert_eq!(text, r#"J Rosenberg \""#);
         assert_eq!(c.rest(), " rest");
-        assert_eq!(Cursor::new(r#""open"#).quoted().unwrap_err(), "unterminated quoted string");
+        assert_eq!(
+            Cursor::new(r#""open"#).quoted().unwrap_err(),
+            "unterminated quoted string"
+        );
         assert_eq!(Cursor::new("\"a\\").quoted().unwrap_err(), "unterminated quoted string");
         // A backslash before a multi-byte character must not split it.
         let mut c = Cursor::new("\"\\é\"x");

@@ -1,0 +1,151 @@
+//! The registrar: REGISTER at an AOR's home node, bindings in the redb Store.
+//!
+//! Add, refresh, remove (`Expires: 0`, or `Contact: *` with `Expires: 0`) and
+//! fetch (no Contact). Expiries shorter than the minimum get 423 with
+//! Min-Expires; longer ones are shortened to the maximum. Bindings survive a
+//! restart of the home node until they expire.
+
+use std::sync::Arc;
+
+use sipmesh_state::{Binding, Store, StoreError};
+
+use super::now_secs;
+use super::reject::SipReject;
+use crate::sip::{Contacts, Header, HeaderName, SipMessage};
+
+/// Most contacts kept per AOR (DoS bound: a client cannot grow the store).
+pub const MAX_BINDINGS_PER_AOR: usize = 16;
+
+/// The registrar of one node.
+pub struct Registrar {
+    store: Arc<Store>,
+    min_expires: u32,
+    max_expires: u32,
+}
+
+impl Registrar {
+    /// A registrar over `store`.
+    pub fn new(store: Arc<Store>, min_expires: u32, max_expires: u32) -> Registrar {
+        Registrar {
+            store,
+            min_expires,
+            max_expires,
+        }
+    }
+
+    /// Apply a REGISTER from `identity` whose client is on `flow_id` at
+    /// `flow_node`; returns the Contact headers of the 200 OK.
+    pub fn register(
+        &self,
+        msg: &SipMessage,
+        identity: &str,
+        flow_node: &str,
+        flow_id: u64,
+    ) -> Result<Vec<Header>, SipReject> {
+        let to = msg.to_hdr().map_err(SipReject::Malformed)?;
+        let aor = to
+            .uri
+            .as_ref()
+            .map(|u| u.aor())
+            .ok_or_else(|| SipReject::BadRequest("Bad To".into()))?;
+        if aor != identity {
+            return Err(SipReject::Forbidden(format!("{identity} may not register {aor}")));
+        }
+        let now = now_secs();
+        let call_id = msg.call_id().map_err(SipReject::Malformed)?.to_owned();
+        let cseq = msg.cseq().map_err(SipReject::Malformed)?.seq;
+        let header_expires = msg.expires().map_err(SipReject::Malformed)?;
+        let store_err = |e: StoreError| {
+            tracing::error!(error = %e, "registrar store failure");
+            SipReject::Busy
+        };
+        let mut bindings: Vec<Binding> = self
+            .store
+            .bindings(&aor)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .collect();
+        match msg.contacts().map_err(SipReject::Malformed)? {
+            Contacts::Star => {
+                if header_expires != Some(0) {
+                    return Err(SipReject::BadRequest("Invalid Star Contact (needs Expires: 0)".into()));
+                }
+                bindings.clear();
+            }
+            Contacts::List(list) => {
+                for contact in list {
+                    let uri = contact.raw_uri.clone();
+                    let requested = match contact.param("expires") {
+                        Some(Some(v)) => v
+                            .parse::<u32>()
+                            .map_err(|_| SipReject::BadRequest("Bad Contact Expires".into()))?,
+                        Some(None) => return Err(SipReject::BadRequest("Bad Contact Expires".into())),
+                        None => header_expires.unwrap_or(self.max_expires),
+                    };
+                    if requested == 0 {
+                        bindings.retain(|b| b.contact != uri);
+                        continue;
+                    }
+                    if requested < self.min_expires {
+                        return Err(SipReject::IntervalTooBrief(self.min_expires));
+                    }
+                    let granted = requested.min(self.max_expires);
+                    if let Some(old) = bindings.iter().find(|b| b.contact == uri) {
+                        if old.call_id == call_id && old.cseq >= cseq {
+                            return Err(SipReject::BadRequest("Out Of Order REGISTER".into()));
+                        }
+                    }
+                    bindings.retain(|b| b.contact != uri);
+                    if bindings.len() >= MAX_BINDINGS_PER_AOR {
+                        // Replace the oldest rather than refusing a fresh device.
+                        bindings.sort_by_key(|b| b.updated_at);
+                        bindings.remove(0);
+                    }
+                    bindings.push(Binding {
+                        aor: aor.clone(),
+                        contact: uri,
+                        expires_at: now + u64::from(granted),
+                        flow_node: flow_node.to_owned(),
+                        flow_id,
+                        call_id: call_id.clone(),
+                        cseq,
+                        updated_at: now,
+                    });
+                }
+            }
+        }
+        // Committed before the 200 OK leaves.
+        self.store.put_bindings(&aor, &bindings).map_err(store_err)?;
+        tracing::info!(aor = %aor, bindings = bindings.len(), flow_node, flow_id, "registration updated");
+        Ok(bindings
+            .iter()
+            .map(|b| {
+                Header::new(
+                    HeaderName::Contact,
+                    &format!("<{}>;expires={}", b.contact, b.expires_in(now)),
+                )
+            })
+            .collect())
+    }
+
+    /// The binding to deliver to: the most recently refreshed live one.
+    pub fn lookup(&self, aor: &str, now: u64) -> Result<Option<Binding>, StoreError> {
+        Ok(self
+            .store
+            .bindings(aor)?
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .max_by_key(|b| b.updated_at))
+    }
+
+    /// Every live binding stored here.
+    pub fn all(&self, now: u64) -> Result<Vec<Binding>, StoreError> {
+        Ok(self
+            .store
+            .all_bindings()?
+            .into_iter()
+            .filter(|b| b.expires_at > now)
+            .collect())
+    }
+}

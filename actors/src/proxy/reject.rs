@@ -1,0 +1,101 @@
+//! Every reason the proxy answers a request itself, mapped to its SIP status
+//! in one place.
+
+use crate::sip::{Header, HeaderName, ParseError};
+
+/// How long a client should wait after a 503 before retrying, in seconds.
+pub const RETRY_AFTER_S: u32 = 5;
+
+/// Why the proxy answers a request with an error instead of forwarding it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SipReject {
+    /// The message does not parse or validate.
+    #[error("malformed: {0}")]
+    Malformed(ParseError),
+    /// No such user in the domain.
+    #[error("no such user")]
+    NotFound,
+    /// Known user with no live registration (or its flow is gone).
+    #[error("user not reachable")]
+    Unavailable,
+    /// Max-Forwards reached 0.
+    #[error("too many hops")]
+    TooManyHops,
+    /// The request came back to this node unchanged.
+    #[error("loop detected")]
+    Loop,
+    /// The mesh link towards the next node is not up.
+    #[error("path to {0} is down")]
+    PathDown(String),
+    /// A queue on the path is full.
+    #[error("queue full")]
+    Busy,
+    /// Authenticated, but not allowed (spoofed From, third-party REGISTER, auth failures).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A domain this node does not serve and has no federation for.
+    #[error("domain {0} is not served here")]
+    DomainNotAllowed(String),
+    /// A semantic error not caught by the parser.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// REGISTER expiry shorter than the minimum.
+    #[error("interval too brief (min {0})")]
+    IntervalTooBrief(u32),
+    /// CANCEL (or in-dialog request) with no matching transaction / flow.
+    #[error("no such transaction")]
+    NoTransaction,
+    /// The transaction timed out.
+    #[error("request timeout")]
+    Timeout,
+}
+
+impl SipReject {
+    /// Status code and reason phrase.
+    pub fn status(&self) -> (u16, String) {
+        match self {
+            SipReject::Malformed(e) => e.status(),
+            SipReject::NotFound => (404, "Not Found".into()),
+            SipReject::Unavailable => (480, "Temporarily Unavailable".into()),
+            SipReject::TooManyHops => (483, "Too Many Hops".into()),
+            SipReject::Loop => (482, "Loop Detected".into()),
+            SipReject::PathDown(_) | SipReject::Busy => (503, "Service Unavailable".into()),
+            SipReject::Forbidden(why) => (403, format!("Forbidden ({why})")),
+            SipReject::DomainNotAllowed(_) => (403, "Domain Not Allowed".into()),
+            SipReject::BadRequest(why) => (400, why.clone()),
+            SipReject::IntervalTooBrief(_) => (423, "Interval Too Brief".into()),
+            SipReject::NoTransaction => (481, "Call/Transaction Does Not Exist".into()),
+            SipReject::Timeout => (408, "Request Timeout".into()),
+        }
+    }
+
+    /// Headers the answer must carry.
+    pub fn headers(&self) -> Vec<Header> {
+        match self {
+            SipReject::PathDown(_) | SipReject::Busy => {
+                vec![Header::new(HeaderName::RetryAfter, &RETRY_AFTER_S.to_string())]
+            }
+            SipReject::IntervalTooBrief(min) => vec![Header::new(HeaderName::MinExpires, &min.to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(SipReject::NotFound.status().0, 404);
+        assert_eq!(SipReject::Unavailable.status().0, 480);
+        assert_eq!(SipReject::TooManyHops.status(), (483, "Too Many Hops".into()));
+        assert_eq!(SipReject::Loop.status().0, 482);
+        assert_eq!(SipReject::Timeout.status().0, 408);
+        assert_eq!(SipReject::PathDown("fe2".into()).status().0, 503);
+        assert_eq!(SipReject::PathDown("fe2".into()).headers()[0].value_str(), "5");
+        assert_eq!(SipReject::IntervalTooBrief(60).headers()[0].value_str(), "60");
+        assert_eq!(SipReject::DomainNotAllowed("fabrikam.test".into()).status().0, 403);
+    }
+}
