@@ -946,6 +946,11 @@ impl Proxy {
         let Some(b) = via.branch().map(str::to_owned) else {
             return;
         };
+        if resp.cseq().is_ok_and(|c| c.method == Method::Cancel) {
+            // We answered the CANCEL upstream ourselves; its downstream answer
+            // shares the INVITE's branch and must not be taken for the INVITE's.
+            return;
+        }
         let code = resp.status().unwrap_or(0);
         resp.remove_first(HeaderName::Via);
         let (source, request, ack_for_failure) = {
