@@ -368,6 +368,9 @@ impl Proxy {
             self.on_cancel(msg, source);
             return;
         }
+        if let Err(why) = self.check_request(&msg) {
+            return self.reject(&source, &msg, why);
+        }
         let identity = match self.authenticate(flow, &msg) {
             Ok(id) => id,
             Err(answer) => {
@@ -441,6 +444,39 @@ impl Proxy {
             )),
         };
         let _ = flow.send(resp);
+    }
+
+    /// RFC 3261 §16.3 request validation that comes before authentication:
+    /// URI scheme, Max-Forwards, Proxy-Require.
+    fn check_request(&self, msg: &SipMessage) -> Result<(), SipReject> {
+        if let StartLine::Request { uri, .. } = &msg.start {
+            let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if scheme != "sip" && scheme != "sips" {
+                return Err(SipReject::UnsupportedScheme);
+            }
+        }
+        if msg.max_forwards().map_err(SipReject::Malformed)? == Some(0) {
+            // Only an OPTIONS addressed to this node itself may still be answered.
+            let to_me = match &msg.start {
+                StartLine::Request { uri, .. } => SipUri::parse(uri).is_ok_and(|u| {
+                    u.user.is_none() && (self.is_me(&u.host, u.port) || u.host == Host::Domain(self.domain.clone()))
+                }),
+                StartLine::Response { .. } => false,
+            };
+            if !(to_me && msg.method() == Some(&Method::Options)) {
+                return Err(SipReject::TooManyHops);
+            }
+        }
+        let required: Vec<String> = msg
+            .values(HeaderName::ProxyRequire)
+            .into_iter()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !required.is_empty() {
+            return Err(SipReject::BadExtension(required));
+        }
+        Ok(())
     }
 
     // ---- authentication ------------------------------------------------

@@ -49,6 +49,12 @@ pub enum SipReject {
     /// The transaction timed out.
     #[error("request timeout")]
     Timeout,
+    /// Request-URI scheme other than sip/sips.
+    #[error("unsupported URI scheme")]
+    UnsupportedScheme,
+    /// Proxy-Require names extensions this proxy does not support.
+    #[error("unsupported extensions {0:?}")]
+    BadExtension(Vec<String>),
 }
 
 impl SipReject {
@@ -67,6 +73,8 @@ impl SipReject {
             SipReject::IntervalTooBrief(_) => (423, "Interval Too Brief".into()),
             SipReject::NoTransaction => (481, "Call/Transaction Does Not Exist".into()),
             SipReject::Timeout => (408, "Request Timeout".into()),
+            SipReject::UnsupportedScheme => (416, "Unsupported URI Scheme".into()),
+            SipReject::BadExtension(_) => (420, "Bad Extension".into()),
         }
     }
 
@@ -77,6 +85,7 @@ impl SipReject {
                 vec![Header::new(HeaderName::RetryAfter, &RETRY_AFTER_S.to_string())]
             }
             SipReject::IntervalTooBrief(min) => vec![Header::new(HeaderName::MinExpires, &min.to_string())],
+            SipReject::BadExtension(options) => vec![Header::new(HeaderName::Unsupported, &options.join(", "))],
             _ => Vec::new(),
         }
     }
