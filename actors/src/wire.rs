@@ -67,6 +67,8 @@ pub enum Frame {
 pub struct SipMeta {
     /// The AOR the ingress node authenticated, if any.
     pub identity: Option<String>,
+    /// The node where the message entered the mesh.
+    pub ingress: String,
     /// What the receiver should do with it.
     pub route: MeshRoute,
 }
@@ -263,6 +265,7 @@ mod tests {
                 message: b"OPTIONS sip:fe1.contoso.test SIP/2.0\r\n\r\n".to_vec(),
                 meta: SipMeta {
                     identity: Some("sip:alice@contoso.test".into()),
+                    ingress: "fe1.contoso.test".into(),
                     route: MeshRoute::Flow(7),
                 },
             },

@@ -81,11 +81,20 @@ struct ServerTxn {
     final_status: Option<u16>,
 }
 
+/// Who a request is from, as established at the ingress node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The AOR the ingress node authenticated.
+    pub identity: Option<String>,
+    /// The node the request entered the mesh at.
+    pub ingress: String,
+}
+
 struct ClientTxn {
     server_key: String,
     forwarded: SipMessage,
     next: NextHop,
-    identity: Option<String>,
+    origin: Origin,
     provisional: bool,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -281,7 +290,7 @@ impl Proxy {
         &self,
         peer: &Fqdn,
         msg: &SipMessage,
-        identity: Option<String>,
+        origin: Option<&Origin>,
         route: MeshRoute,
     ) -> Result<(), SipReject> {
         let link = self
@@ -290,7 +299,11 @@ impl Proxy {
             .ok_or_else(|| SipReject::PathDown(peer.to_string()))?;
         let frame = Frame::Sip {
             message: msg.to_bytes().to_vec(),
-            meta: SipMeta { identity, route },
+            meta: SipMeta {
+                identity: origin.and_then(|o| o.identity.clone()),
+                ingress: origin.map_or_else(|| self.shared.fqdn.to_string(), |o| o.ingress.clone()),
+                route,
+            },
         };
         link.send_frame(frame).map_err(|e| match e {
             crate::status::SendError::Down => SipReject::PathDown(peer.to_string()),
@@ -298,7 +311,7 @@ impl Proxy {
         })
     }
 
-    fn send_next(&self, next: &NextHop, msg: &SipMessage, identity: Option<String>) -> Result<(), SipReject> {
+    fn send_next(&self, next: &NextHop, msg: &SipMessage, origin: &Origin) -> Result<(), SipReject> {
         match next {
             NextHop::Flow(id) => {
                 let flow = self.flows.get(*id).ok_or(SipReject::Unavailable)?;
@@ -308,7 +321,7 @@ impl Proxy {
                     Err(SipReject::Busy)
                 }
             }
-            NextHop::Mesh(peer, route) => self.send_mesh(peer, msg, identity, route.clone()),
+            NextHop::Mesh(peer, route) => self.send_mesh(peer, msg, Some(origin), route.clone()),
         }
     }
 
@@ -361,7 +374,8 @@ impl Proxy {
         self.count_request(&msg);
         let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
         if method == Method::Ack {
-            self.on_ack(msg, source, flow.identity());
+            let origin = self.local_origin(flow.identity());
+            self.on_ack(msg, source, origin);
             return;
         }
         if method == Method::Cancel {
@@ -394,7 +408,8 @@ impl Proxy {
             );
             return;
         }
-        self.route(msg, source, Some(identity), None);
+        let origin = self.local_origin(Some(identity));
+        self.route(msg, source, origin, None);
     }
 
     /// A message relayed by a peer.
@@ -412,11 +427,21 @@ impl Proxy {
         }
         let source = Source::Mesh(peer.clone());
         match msg.method() {
-            Some(Method::Ack) => return self.on_ack(msg, source, meta.identity),
+            Some(Method::Ack) => {
+                let origin = Origin {
+                    identity: meta.identity,
+                    ingress: meta.ingress,
+                };
+                return self.on_ack(msg, source, origin);
+            }
             Some(Method::Cancel) => return self.on_cancel(msg, source),
             _ => {}
         }
-        self.route(msg, source, meta.identity, Some(meta.route));
+        let origin = Origin {
+            identity: meta.identity,
+            ingress: meta.ingress,
+        };
+        self.route(msg, source, origin, Some(meta.route));
     }
 
     fn count_request(&self, msg: &SipMessage) {
@@ -477,6 +502,13 @@ impl Proxy {
             return Err(SipReject::BadExtension(required));
         }
         Ok(())
+    }
+
+    fn local_origin(&self, identity: Option<String>) -> Origin {
+        Origin {
+            identity,
+            ingress: self.shared.fqdn.to_string(),
+        }
     }
 
     // ---- authentication ------------------------------------------------
@@ -597,7 +629,8 @@ impl Proxy {
         home::home(aor, candidates.iter().map(|f| f.as_str())).and_then(|h| Fqdn::new(h).ok())
     }
 
-    fn route(self: &Arc<Self>, mut msg: SipMessage, source: Source, identity: Option<String>, via: Option<MeshRoute>) {
+    fn route(self: &Arc<Self>, mut msg: SipMessage, source: Source, origin: Origin, via: Option<MeshRoute>) {
+        let identity = origin.identity.clone();
         // A retransmission of a request we are already handling.
         if let Some(key) = server_key(&msg) {
             let t = self.txns.lock().unwrap_or_else(|p| p.into_inner());
@@ -660,7 +693,7 @@ impl Proxy {
                 }
             }
         }
-        self.forward(msg, source, next, identity, hash);
+        self.forward(msg, source, next, origin, hash);
     }
 
     /// Decide the next hop of a request from its Route set and Request-URI.
@@ -818,14 +851,7 @@ impl Proxy {
 
     // ---- transactions --------------------------------------------------
 
-    fn forward(
-        self: &Arc<Self>,
-        mut msg: SipMessage,
-        source: Source,
-        next: NextHop,
-        identity: Option<String>,
-        hash: String,
-    ) {
+    fn forward(self: &Arc<Self>, mut msg: SipMessage, source: Source, next: NextHop, origin: Origin, hash: String) {
         let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
         let Some(key) = server_key(&msg) else {
             return self.reject(&source, &msg, SipReject::Malformed(ParseError::MissingHeader("Via")));
@@ -854,7 +880,7 @@ impl Proxy {
             HeaderName::Via,
             &format!("SIP/2.0/TLS {};branch={b};sm={hash}", self.shared.fqdn),
         ));
-        if let Err(why) = self.send_next(&next, &msg, identity.clone()) {
+        if let Err(why) = self.send_next(&next, &msg, &origin) {
             self.txns.lock().unwrap_or_else(|p| p.into_inner()).server.remove(&key);
             let original = {
                 let mut m = msg.clone();
@@ -871,7 +897,7 @@ impl Proxy {
                 server_key: key,
                 forwarded: msg,
                 next,
-                identity,
+                origin,
                 provisional: false,
                 timer: Some(timer),
             },
@@ -934,7 +960,7 @@ impl Proxy {
             .headers
             .push(Header::new(HeaderName::CSeq, &format!("{seq} CANCEL")));
         cancel.body = Bytes::new();
-        let _ = self.send_next(&ct.next, &cancel, ct.identity.clone());
+        let _ = self.send_next(&ct.next, &cancel, &ct.origin);
     }
 
     fn finish_server_txn(self: &Arc<Self>, req: &SipMessage, code: u16) {
@@ -1064,10 +1090,10 @@ impl Proxy {
         }
         ack.headers.push(Header::new(HeaderName::CSeq, &format!("{seq} ACK")));
         ack.body = Bytes::new();
-        let _ = self.send_next(&ct.next, &ack, ct.identity.clone());
+        let _ = self.send_next(&ct.next, &ack, &ct.origin);
     }
 
-    fn on_ack(self: &Arc<Self>, msg: SipMessage, source: Source, identity: Option<String>) {
+    fn on_ack(self: &Arc<Self>, msg: SipMessage, source: Source, origin: Origin) {
         // ACK for a non-2xx we sent: absorbed by the INVITE server transaction.
         if let Some(key) = server_key(&msg) {
             let mut t = self.txns.lock().unwrap_or_else(|p| p.into_inner());
@@ -1085,7 +1111,7 @@ impl Proxy {
         if mf == 0 {
             return;
         }
-        let next = match self.route_by_request(&mut msg, &source, identity.as_deref()) {
+        let next = match self.route_by_request(&mut msg, &source, origin.identity.as_deref()) {
             Ok(n) => n,
             Err(_) => return,
         };
@@ -1094,7 +1120,7 @@ impl Proxy {
             HeaderName::Via,
             &format!("SIP/2.0/TLS {};branch={}", self.shared.fqdn, branch()),
         ));
-        if let Err(e) = self.send_next(&next, &msg, identity) {
+        if let Err(e) = self.send_next(&next, &msg, &origin) {
             tracing::debug!(error = %e, "ACK not forwarded");
         }
     }
@@ -1119,7 +1145,7 @@ impl Proxy {
                     server_key: ct.server_key.clone(),
                     forwarded: ct.forwarded.clone(),
                     next: ct.next.clone(),
-                    identity: ct.identity.clone(),
+                    origin: ct.origin.clone(),
                     provisional: ct.provisional,
                     timer: None,
                 };
