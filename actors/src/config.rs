@@ -83,6 +83,9 @@ pub struct SipConfig {
     pub max_client_connections: usize,
     /// Idle timeout of a client connection.
     pub client_idle_timeout: Duration,
+    /// Extra (certificate, key) pairs the client port serves by SNI, e.g. a
+    /// pool FQDN's certificate; the node certificate is the default.
+    pub certs: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Default for SipConfig {
@@ -97,6 +100,7 @@ impl Default for SipConfig {
             auth_retry_limit: DEFAULT_AUTH_RETRY_LIMIT,
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Duration::from_millis(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+            certs: Vec::new(),
         }
     }
 }
@@ -202,6 +206,15 @@ struct RawSip {
     auth_retry_limit: Option<u32>,
     max_client_connections: Option<usize>,
     client_idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    certs: Vec<RawCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default)]
@@ -319,6 +332,7 @@ impl NodeConfig {
                 sd.client_idle_timeout,
                 "sip.client_idle_timeout_ms",
             )?,
+            certs: rs.certs.into_iter().map(|c| (abs(c.cert), abs(c.key))).collect(),
         };
         if sip.min_expires > sip.max_expires {
             return Err(invalid(
@@ -408,6 +422,9 @@ impl NodeConfig {
             p.max_client_connections,
             p.client_idle_timeout.as_millis()
         );
+        for (cert, key) in &p.certs {
+            s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
+        }
         s
     }
 }

@@ -266,8 +266,9 @@ impl Handler<Reload> for NodeActor {
 
     fn handle(&mut self, _msg: Reload, _ctx: &mut Context<Self>) -> Self::Result {
         // Build everything first: a bad file leaves the running material untouched.
-        let material =
-            TlsMaterial::load(&self.shared.tls_paths, self.shared.fqdn.as_str()).map_err(|e| e.to_string())?;
+        let material = TlsMaterial::load(&self.shared.tls_paths, self.shared.fqdn.as_str())
+            .and_then(|m| m.with_sni(&self.shared.sni_paths))
+            .map_err(|e| e.to_string())?;
         let configs = TlsConfigs::build(&material, self.shared.topology.clone()).map_err(|e| e.to_string())?;
         let report = ReloadReport {
             cert_serial: configs.own.serial.clone(),
@@ -343,7 +344,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .cloned()
         .expect("initial_topology checked membership");
     let topology = Arc::new(ArcSwap::from_pointee(initial.topology));
-    let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?;
+    let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?.with_sni(&config.sip.certs)?;
     let tls = TlsConfigs::build(&material, topology.clone())?;
     let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
     let mesh = TcpListener::bind(mesh_addr).await.map_err(|source| NodeError::Bind {
@@ -373,6 +374,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         topology_key: initial.key,
         topology_refusals: Default::default(),
         tls_paths: config.tls.clone(),
+        sni_paths: config.sip.certs.clone(),
         proxy: Default::default(),
     });
     let proxy =

@@ -276,6 +276,8 @@ pub struct Shared {
     pub topology_refusals: Mutex<std::collections::VecDeque<TopologyRefusal>>,
     /// Where the TLS material is read from (for reloads).
     pub tls_paths: crate::config::TlsPaths,
+    /// Extra client-port certificates chosen by SNI (for reloads).
+    pub sni_paths: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// The SIP proxy, set once at start (links hand it relayed messages).
     pub proxy: std::sync::OnceLock<Arc<crate::proxy::Proxy>>,
 }

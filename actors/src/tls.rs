@@ -137,6 +137,55 @@ pub struct TlsMaterial {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// Facts about our own leaf.
     pub own: CertInfo,
+    /// Extra certificates for the SIP client port, chosen by SNI (pool names).
+    pub sni: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// Picks the client-port certificate by the SNI name the client asked for;
+/// the node's own certificate otherwise (and for clients that send no SNI,
+/// e.g. when they connect to an IP address).
+#[derive(Debug)]
+pub struct SniResolver {
+    default: Arc<rustls::sign::CertifiedKey>,
+    by_name: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// Index `extra` by every DNS name in each certificate.
+    pub fn new(default: Arc<rustls::sign::CertifiedKey>, extra: &[Arc<rustls::sign::CertifiedKey>]) -> SniResolver {
+        let mut by_name = std::collections::HashMap::new();
+        for ck in std::iter::once(&default).chain(extra) {
+            if let Some(leaf) = ck.cert.first() {
+                if let Ok(info) = CertInfo::parse(leaf) {
+                    for n in info.dns_names {
+                        by_name.entry(n).or_insert_with(|| ck.clone());
+                    }
+                }
+            }
+        }
+        SniResolver { default, by_name }
+    }
+
+    /// The certificate served for `name`.
+    pub fn pick(&self, name: Option<&str>) -> Arc<rustls::sign::CertifiedKey> {
+        name.and_then(|n| self.by_name.get(&n.trim_end_matches('.').to_ascii_lowercase()))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let signing = provider().key_provider.load_private_key(key.clone_key())?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -224,6 +273,7 @@ impl TlsMaterial {
             roots: Arc::new(roots),
             crls,
             own,
+            sni: Vec::new(),
         };
         // Our own certificate must pass the checks our peers will apply.
         let verifier = MeshVerifier::new(
@@ -241,6 +291,24 @@ impl TlsMaterial {
             return Err(own_err(format!("does not verify against {}: {e}", paths.ca.display())));
         }
         Ok(material)
+    }
+
+    /// Add certificates the client port serves by SNI (e.g. a pool FQDN).
+    pub fn with_sni(mut self, pairs: &[(std::path::PathBuf, std::path::PathBuf)]) -> Result<TlsMaterial, TlsError> {
+        for (cert, key) in pairs {
+            let chain = pem_items(cert, "certificate", |r| rustls_pemfile::certs(r).collect())?;
+            let key = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                .map_err(|e| TlsError::File {
+                    path: key.display().to_string(),
+                    message: format!("bad PEM: {e}"),
+                })?
+                .ok_or_else(|| TlsError::Missing {
+                    path: key.display().to_string(),
+                    what: "private key",
+                })?;
+            self.sni.push(certified_key(chain, &key)?);
+        }
+        Ok(self)
     }
 }
 
@@ -459,7 +527,10 @@ impl TlsConfigs {
         let client_port = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(optional)
-            .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+            .with_cert_resolver(Arc::new(SniResolver::new(
+                certified_key(material.chain.clone(), &material.key)?,
+                &material.sni,
+            )));
         Ok(TlsConfigs {
             client_port: Arc::new(client_port),
             server: Arc::new(server),
@@ -516,5 +587,34 @@ pub fn rejection_of(err: &std::io::Error) -> Option<Rejection> {
             presented_name: None,
             detail: tls.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(names: &[&str]) -> Arc<rustls::sign::CertifiedKey> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        certified_key(vec![cert.der().clone()], &der).unwrap()
+    }
+
+    fn first_name(ck: &rustls::sign::CertifiedKey) -> String {
+        CertInfo::parse(&ck.cert[0]).unwrap().dns_names[0].clone()
+    }
+
+    #[test]
+    fn sni_picks_the_pool_certificate_and_falls_back_to_the_node() {
+        let node = certified(&["fe1.contoso.test"]);
+        let pool = certified(&["pool1.contoso.test", "sip.contoso.test"]);
+        let r = SniResolver::new(node, &[pool]);
+        assert_eq!(first_name(&r.pick(Some("pool1.contoso.test"))), "pool1.contoso.test");
+        assert_eq!(first_name(&r.pick(Some("SIP.contoso.test."))), "pool1.contoso.test");
+        assert_eq!(first_name(&r.pick(Some("fe1.contoso.test"))), "fe1.contoso.test");
+        assert_eq!(first_name(&r.pick(Some("other.test"))), "fe1.contoso.test");
+        assert_eq!(first_name(&r.pick(None)), "fe1.contoso.test");
     }
 }
