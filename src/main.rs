@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -367,11 +368,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 request["days"] = days.into();
             }
             let result = ctl::request(&socket, &request)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
+            let text = if json {
+                serde_json::to_string_pretty(&result)?
             } else {
-                println!("{}", ctl::render(&cmd, &result));
-            }
+                ctl::render(&cmd, &result)
+            };
+            // A closed pipe (`ctl ... | head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             if cmd == "check" && result["ok"] != serde_json::Value::Bool(true) {
                 return Ok(ExitCode::FAILURE);
             }
