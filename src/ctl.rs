@@ -20,12 +20,12 @@ pub const MAX_ANSWER: u64 = 16 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     /// Socket unreachable.
-    #[error("cannot reach debug socket {path}: {source}")]
+    #[error("cannot reach debug socket {path}: {cause}")]
     Connect {
         /// The socket.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// I/O or protocol trouble after connecting.
     #[error("debug socket {path}: {message}")]
@@ -43,9 +43,9 @@ pub enum CtlError {
 /// Send `request` (a JSON object) and return the `result` value.
 pub fn request(socket: &Path, request: &Value) -> Result<Value, CtlError> {
     let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|source| CtlError::Connect {
+    let mut stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let proto = |message: String| CtlError::Protocol {
         path: path.clone(),

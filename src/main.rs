@@ -1,9 +1,9 @@
 //! The `sipmesh` command: flag parsing and wiring only; the work lives in the
 //! library crates.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;

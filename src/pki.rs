@@ -71,13 +71,12 @@ const MAX_CA_NAME: usize = 64;
 #[non_exhaustive]
 pub enum PkiError {
     /// Reading or writing a file or directory failed.
-    #[error("i/o error on {}: {source}", path.display())]
+    #[error("i/o error on {}: {cause}", path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// Refused to overwrite an existing CA file.
     #[error("{} already exists; refusing to overwrite an existing CA", .0.display())]
@@ -518,10 +517,10 @@ fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<(), PkiError>
     Ok(())
 }
 
-fn io_err(path: &Path, source: io::Error) -> PkiError {
+fn io_err(path: &Path, cause: io::Error) -> PkiError {
     PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

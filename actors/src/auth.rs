@@ -263,12 +263,12 @@ impl UserEntry {
 #[non_exhaustive]
 pub enum AuthConfigError {
     /// The file could not be read.
-    #[error("cannot read users file {}: {source}", .path.display())]
+    #[error("cannot read users file {}: {cause}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax, unknown key, wrong type; toml's message names the key and line.
     #[error("{}: {message}", origin(.path))]
@@ -319,9 +319,9 @@ impl UsersFile {
     /// Read and check a users file; errors name the path and, for a bad
     /// entry, the user.
     pub fn load(path: &Path) -> Result<UsersFile, AuthConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| AuthConfigError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse_from(&text, Some(path))
     }

@@ -150,12 +150,12 @@ impl Default for MeshTiming {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// TOML syntax, unknown key, wrong type; toml's message names the key and line.
     #[error("config {path}: {message}")]
@@ -247,9 +247,9 @@ struct RawMesh {
 impl NodeConfig {
     /// Read and check a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)

@@ -75,14 +75,14 @@ pub enum NodeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// A listener could not be bound.
-    #[error("cannot listen for {what} on {addr}: {source}")]
+    #[error("cannot listen for {what} on {addr}: {cause}")]
     Bind {
         /// Which listener.
         what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The SIP service could not be set up (users file, ...).
     #[error("sip: {0}")]

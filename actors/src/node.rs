@@ -347,17 +347,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?.with_sni(&config.sip.certs)?;
     let tls = TlsConfigs::build(&material, topology.clone())?;
     let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
-    let mesh = TcpListener::bind(mesh_addr).await.map_err(|source| NodeError::Bind {
+    let mesh = TcpListener::bind(mesh_addr).await.map_err(|cause| NodeError::Bind {
         what: "mesh",
         addr: mesh_addr,
-        source,
+        cause,
     })?;
     let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
     let client_addr = config.client_listen.unwrap_or(me.client_addr);
-    let client = TcpListener::bind(client_addr).await.map_err(|source| NodeError::Bind {
+    let client = TcpListener::bind(client_addr).await.map_err(|cause| NodeError::Bind {
         what: "sip clients",
         addr: client_addr,
-        source,
+        cause,
     })?;
     let client_addr = client.local_addr().unwrap_or(client_addr);
     let debug_listener = debug::bind(&config.debug_socket)?;

@@ -125,7 +125,7 @@ impl SipDecoder {
                     else {
                         unreachable!("matched above")
                     };
-                    return Some(complete(&head, head_len, buf.split_to(total).freeze()));
+                    return Some(complete(*head, head_len, buf.split_to(total).freeze()));
                 }
             }
         }
@@ -164,7 +164,7 @@ impl SipDecoder {
             return None;
         }
         self.state = State::Head { scanned: 0 };
-        Some(complete(&head, head_len, buf.split_to(total).freeze()))
+        Some(complete(head, head_len, buf.split_to(total).freeze()))
     }
 
     fn close(&mut self, buf: &mut BytesMut, error: ParseError, partial: Option<SipMessage>) -> Incoming {
@@ -179,10 +179,11 @@ impl SipDecoder {
 }
 
 /// Build and check a message whose bytes (head and body) are all in `bytes`.
-fn complete(head: &RawHead, head_len: usize, bytes: Bytes) -> Incoming {
+fn complete(head: RawHead, head_len: usize, bytes: Bytes) -> Incoming {
     let body = bytes.slice(head_len..);
+    let content_error = head.content_error();
     let msg = head.build(&bytes, 0, body);
-    let error = match head.content_error() {
+    let error = match content_error {
         Some(e) => Some(e),
         None => msg.validate().err(),
     };

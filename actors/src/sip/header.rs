@@ -121,43 +121,6 @@ pub enum HeaderName {
     Other,
 }
 
-/// Long names, in the order tried (lower-case; compared case-insensitively).
-const LONG_NAMES: &[(&str, HeaderName)] = &[
-    ("via", HeaderName::Via),
-    ("from", HeaderName::From),
-    ("to", HeaderName::To),
-    ("call-id", HeaderName::CallId),
-    ("cseq", HeaderName::CSeq),
-    ("max-forwards", HeaderName::MaxForwards),
-    ("contact", HeaderName::Contact),
-    ("content-length", HeaderName::ContentLength),
-    ("content-type", HeaderName::ContentType),
-    ("route", HeaderName::Route),
-    ("record-route", HeaderName::RecordRoute),
-    ("expires", HeaderName::Expires),
-    ("min-expires", HeaderName::MinExpires),
-    ("authorization", HeaderName::Authorization),
-    ("proxy-authorization", HeaderName::ProxyAuthorization),
-    ("www-authenticate", HeaderName::WwwAuthenticate),
-    ("proxy-authenticate", HeaderName::ProxyAuthenticate),
-    ("allow", HeaderName::Allow),
-    ("supported", HeaderName::Supported),
-    ("require", HeaderName::Require),
-    ("proxy-require", HeaderName::ProxyRequire),
-    ("unsupported", HeaderName::Unsupported),
-    ("user-agent", HeaderName::UserAgent),
-    ("server", HeaderName::Server),
-    ("retry-after", HeaderName::RetryAfter),
-    ("event", HeaderName::Event),
-    ("allow-events", HeaderName::AllowEvents),
-    ("subscription-state", HeaderName::SubscriptionState),
-    ("subject", HeaderName::Subject),
-    ("content-encoding", HeaderName::ContentEncoding),
-    ("refer-to", HeaderName::ReferTo),
-    ("referred-by", HeaderName::ReferredBy),
-    ("session-expires", HeaderName::SessionExpires),
-];
-
 impl HeaderName {
     /// Case-insensitive lookup of a header name, compact forms included
     /// (RFC 3261 §7.3.3 and the extensions: i f t v m l c k s e o u r b x).
@@ -186,10 +149,50 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        LONG_NAMES
-            .iter()
-            .find(|(long, _)| long.len() == name.len() && long.as_bytes().eq_ignore_ascii_case(name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        // Longest known name: "subscription-state" / "proxy-authorization" (19).
+        let mut lower = [0u8; 19];
+        if name.len() > lower.len() {
+            return HeaderName::Other;
+        }
+        for (d, s) in lower.iter_mut().zip(name) {
+            *d = s.to_ascii_lowercase();
+        }
+        match &lower[..name.len()] {
+            b"via" => HeaderName::Via,
+            b"from" => HeaderName::From,
+            b"to" => HeaderName::To,
+            b"call-id" => HeaderName::CallId,
+            b"cseq" => HeaderName::CSeq,
+            b"max-forwards" => HeaderName::MaxForwards,
+            b"contact" => HeaderName::Contact,
+            b"content-length" => HeaderName::ContentLength,
+            b"content-type" => HeaderName::ContentType,
+            b"route" => HeaderName::Route,
+            b"record-route" => HeaderName::RecordRoute,
+            b"expires" => HeaderName::Expires,
+            b"min-expires" => HeaderName::MinExpires,
+            b"authorization" => HeaderName::Authorization,
+            b"proxy-authorization" => HeaderName::ProxyAuthorization,
+            b"www-authenticate" => HeaderName::WwwAuthenticate,
+            b"proxy-authenticate" => HeaderName::ProxyAuthenticate,
+            b"allow" => HeaderName::Allow,
+            b"supported" => HeaderName::Supported,
+            b"require" => HeaderName::Require,
+            b"proxy-require" => HeaderName::ProxyRequire,
+            b"unsupported" => HeaderName::Unsupported,
+            b"user-agent" => HeaderName::UserAgent,
+            b"server" => HeaderName::Server,
+            b"retry-after" => HeaderName::RetryAfter,
+            b"event" => HeaderName::Event,
+            b"allow-events" => HeaderName::AllowEvents,
+            b"subscription-state" => HeaderName::SubscriptionState,
+            b"subject" => HeaderName::Subject,
+            b"content-encoding" => HeaderName::ContentEncoding,
+            b"refer-to" => HeaderName::ReferTo,
+            b"referred-by" => HeaderName::ReferredBy,
+            b"session-expires" => HeaderName::SessionExpires,
+            _ => HeaderName::Other,
+        }
     }
 
     /// The canonical spelling ("Call-ID", "CSeq", "WWW-Authenticate"); "" for `Other`.
@@ -340,9 +343,44 @@ mod tests {
         assert_eq!(HeaderName::parse("www-authenticate"), HeaderName::WwwAuthenticate);
         assert_eq!(HeaderName::parse("X-Custom"), HeaderName::Other);
         assert_eq!(HeaderName::parse(""), HeaderName::Other);
-        for (long, h) in LONG_NAMES {
-            assert!(h.canonical().eq_ignore_ascii_case(long));
-            assert_eq!(HeaderName::parse(h.canonical()), *h);
+        let all = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+            HeaderName::MaxForwards,
+            HeaderName::Contact,
+            HeaderName::ContentLength,
+            HeaderName::ContentType,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Expires,
+            HeaderName::MinExpires,
+            HeaderName::Authorization,
+            HeaderName::ProxyAuthorization,
+            HeaderName::WwwAuthenticate,
+            HeaderName::ProxyAuthenticate,
+            HeaderName::Allow,
+            HeaderName::Supported,
+            HeaderName::Require,
+            HeaderName::ProxyRequire,
+            HeaderName::Unsupported,
+            HeaderName::UserAgent,
+            HeaderName::Server,
+            HeaderName::RetryAfter,
+            HeaderName::Event,
+            HeaderName::AllowEvents,
+            HeaderName::SubscriptionState,
+            HeaderName::Subject,
+            HeaderName::ContentEncoding,
+            HeaderName::ReferTo,
+            HeaderName::ReferredBy,
+            HeaderName::SessionExpires,
+        ];
+        for h in all {
+            assert_eq!(HeaderName::parse(h.canonical()), h, "{h:?}");
+            assert_eq!(HeaderName::parse(&h.canonical().to_ascii_uppercase()), h, "{h:?}");
         }
         assert_eq!(HeaderName::CallId.canonical(), "Call-ID");
         assert_eq!(HeaderName::CSeq.canonical(), "CSeq");

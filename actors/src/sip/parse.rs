@@ -96,10 +96,10 @@ impl RawHead {
     }
 
     /// Build the message from `bytes`, in which the header block starts at `base`.
-    pub(crate) fn build(&self, bytes: &Bytes, base: usize, body: Bytes) -> SipMessage {
+    pub(crate) fn build(self, bytes: &Bytes, base: usize, body: Bytes) -> SipMessage {
         let headers = self
             .headers
-            .iter()
+            .into_iter()
             .map(|h| Header {
                 name: h.name,
                 raw_name: bytes.slice(base + h.raw_name.start..base + h.raw_name.end),
@@ -107,7 +107,7 @@ impl RawHead {
             })
             .collect();
         SipMessage {
-            start: self.start.clone(),
+            start: self.start,
             headers,
             body,
         }
@@ -446,13 +446,13 @@ mod tests {
         let head = b"OPTIONS sip:a@b SIP/2.0\r\nSubject :  hello\r\n  world \r\nl: 5\r\nX:\r\n\r\n";
         let raw = parse_head(head);
         assert!(raw.content_error().is_none() && raw.fatal_error().is_none());
+        assert_eq!(raw.framing, Framing::Length(5));
         let msg = raw.build(&Bytes::from_static(head), 0, Bytes::new());
         assert_eq!(msg.headers.len(), 3);
         assert_eq!(&msg.headers[0].raw_name[..], b"Subject");
         assert_eq!(&msg.headers[0].value[..], b"hello\r\n  world");
         assert_eq!(msg.headers[1].name, HeaderName::ContentLength);
         assert_eq!(&msg.headers[2].value[..], b"");
-        assert_eq!(raw.framing, Framing::Length(5));
     }
 
     #[test]
