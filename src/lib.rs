@@ -3,10 +3,12 @@
 //! # Layout
 //!
 //! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
+//! - [`bench`]: `sipmesh bench relay|mesh`, load generation and measurements.
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
 //! - [`ctl`]: the debug-socket client behind `sipmesh ctl`.
 //! - [`topology`]: admin key files and diff display for `sipmesh topology`.
 
+pub mod bench;
 pub mod cluster;
 pub mod ctl;
 pub mod pki;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long)]
         days: Option<u64>,
     },
+    /// Measure a local cluster: relayed SIP latency and CPU per transaction, mesh formation.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// A local cluster on 127.0.0.1.
     Cluster {
         #[command(subcommand)]
@@ -158,6 +163,37 @@ enum TopologyCommand {
         /// Debug socket of any node.
         #[arg(long)]
         socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// MESSAGEs from a client on node A to a client on node B at a fixed rate.
+    Relay {
+        /// Transactions per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Unmeasured warm-up seconds before.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// MESSAGE body bytes.
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time from starting N nodes to a full mesh.
+    Mesh {
+        /// Nodes.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -379,6 +415,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Bench { command } => match command {
+            BenchCommand::Relay {
+                rate,
+                duration,
+                warmup,
+                body,
+                json,
+            } => {
+                let report = sipmesh::bench::relay(&sipmesh::bench::RelayOptions {
+                    rate,
+                    duration: std::time::Duration::from_secs(duration),
+                    warmup: std::time::Duration::from_secs(warmup),
+                    body,
+                })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", sipmesh::bench::render_relay(&report));
+                }
+            }
+            BenchCommand::Mesh { nodes, runs } => {
+                let times = sipmesh::bench::mesh(nodes, runs)?;
+                println!("{nodes}-node mesh fully up in (ms): {times:?} (target < 2000)");
+            }
+        },
         Command::Cluster { command } => match command {
             ClusterCommand::Up {
                 nodes,

@@ -512,11 +512,18 @@ impl DigestAuth {
     /// MD5 (RFC 8760 §2.4 ordering), each with realm, nonce, qop="auth",
     /// algorithm, and stale=true when asked.
     pub fn challenges(&self, stale: bool) -> Vec<String> {
+        self.challenges_for(stale, &[Algorithm::Sha256, Algorithm::Md5])
+    }
+
+    /// Challenges for `algorithms`, in that order (many deployed clients
+    /// answer only the first challenge they see).
+    pub fn challenges_for(&self, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
         let nonce = self.nonce_at(now_secs());
         let realm = quote(&self.users.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
+        algorithms
+            .iter()
+            .copied()
             .map(|alg| format!("Digest realm={realm}, nonce=\"{nonce}\", qop=\"auth\", algorithm={alg}{stale}"))
             .collect()
     }

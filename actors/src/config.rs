@@ -86,6 +86,8 @@ pub struct SipConfig {
     /// Extra (certificate, key) pairs the client port serves by SNI, e.g. a
     /// pool FQDN's certificate; the node certificate is the default.
     pub certs: Vec<(PathBuf, PathBuf)>,
+    /// Digest algorithms offered and accepted, in challenge order.
+    pub digest_algorithms: Vec<crate::auth::Algorithm>,
 }
 
 impl Default for SipConfig {
@@ -101,6 +103,10 @@ impl Default for SipConfig {
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Duration::from_millis(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             certs: Vec::new(),
+            // MD5 first: many deployed clients (sipsak, baresip 1.0, older
+            // phones) answer only the first challenge and know only MD5;
+            // SHA-256 (RFC 8760) is offered next for those that can.
+            digest_algorithms: vec![crate::auth::Algorithm::Md5, crate::auth::Algorithm::Sha256],
         }
     }
 }
@@ -208,6 +214,7 @@ struct RawSip {
     client_idle_timeout_ms: Option<u64>,
     #[serde(default)]
     certs: Vec<RawCert>,
+    digest_algorithms: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +340,26 @@ impl NodeConfig {
                 "sip.client_idle_timeout_ms",
             )?,
             certs: rs.certs.into_iter().map(|c| (abs(c.cert), abs(c.key))).collect(),
+            digest_algorithms: match rs.digest_algorithms {
+                None => sd.digest_algorithms.clone(),
+                Some(list) if list.is_empty() => {
+                    return Err(invalid(
+                        "sip.digest_algorithms",
+                        "must name at least one algorithm".into(),
+                    ))
+                }
+                Some(list) => list
+                    .iter()
+                    .map(|a| {
+                        crate::auth::Algorithm::parse(a).ok_or_else(|| {
+                            invalid(
+                                "sip.digest_algorithms",
+                                format!("unknown algorithm {a:?} (expected \"MD5\" or \"SHA-256\")"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         };
         if sip.min_expires > sip.max_expires {
             return Err(invalid(
@@ -422,6 +449,12 @@ impl NodeConfig {
             p.max_client_connections,
             p.client_idle_timeout.as_millis()
         );
+        let algs: Vec<String> = p
+            .digest_algorithms
+            .iter()
+            .map(|a| format!("\"{}\"", a.as_str()))
+            .collect();
+        s += &format!("digest_algorithms = [{}]\n", algs.join(", "));
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }

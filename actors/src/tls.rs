@@ -524,13 +524,16 @@ impl TlsConfigs {
             .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
-        let client_port = rustls::ServerConfig::builder_with_provider(provider())
+        let mut client_port = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(optional)
             .with_cert_resolver(Arc::new(SniResolver::new(
                 certified_key(material.chain.clone(), &material.key)?,
                 &material.sni,
             )));
+        // No TLS 1.3 session tickets to SIP clients: some (sipsak) read one
+        // record after sending a request and take the ticket for the answer.
+        client_port.send_tls13_tickets = 0;
         Ok(TlsConfigs {
             client_port: Arc::new(client_port),
             server: Arc::new(server),

@@ -54,6 +54,7 @@ pub enum Frame {
     /// A SIP message relayed between nodes.
     Sip {
         /// The message bytes, exactly as they will be parsed by the receiver.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
         /// How the receiving node should treat it.
         meta: SipMeta,

@@ -316,6 +316,11 @@ impl Cluster {
 
     /// [`Cluster::up`] with extra environment for the launcher (nodes inherit it).
     pub fn up_with_env(n: usize, heartbeat_ms: u64, backoff_ms: u64, env: &[(&str, &str)]) -> Cluster {
+        Cluster::up_with_args(n, heartbeat_ms, backoff_ms, &[], env)
+    }
+
+    /// [`Cluster::up_with_env`] with extra `cluster up` arguments (e.g. `--t1-ms 50`).
+    pub fn up_with_args(n: usize, heartbeat_ms: u64, backoff_ms: u64, args: &[&str], env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("sipmesh-it")
             .tempdir()
@@ -326,7 +331,8 @@ impl Cluster {
         cmd.args(["cluster", "up", "--nodes", &n.to_string(), "--dir"])
             .arg(&dir)
             .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
-            .args(["--backoff-cap-ms", &backoff_ms.to_string()]);
+            .args(["--backoff-cap-ms", &backoff_ms.to_string()])
+            .args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }

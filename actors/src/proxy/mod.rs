@@ -139,21 +139,17 @@ fn to_tag() -> String {
     format!("sm{:08x}", rand::random::<u32>())
 }
 
-/// The `username` parameter of a Digest credential (for the failure counter).
-fn digest_username(creds: &str) -> String {
-    let lower = creds.to_ascii_lowercase();
-    let Some(at) = lower.find("username") else {
-        return String::new();
-    };
-    let rest = creds[at + "username".len()..].trim_start();
-    let Some(rest) = rest.strip_prefix('=') else {
-        return String::new();
-    };
-    let rest = rest.trim_start();
-    match rest.strip_prefix('"') {
-        Some(q) => q.split('"').next().unwrap_or("").to_owned(),
-        None => rest.split([',', ' ']).next().unwrap_or("").to_owned(),
-    }
+/// One parameter of a Digest credential (`username`, `algorithm`), for the
+/// decisions taken before full verification.
+fn digest_param(creds: &str, name: &str) -> Option<String> {
+    let body = creds.trim_start();
+    let body = body.strip_prefix("Digest").unwrap_or(body);
+    body.split(',').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').to_owned())
+    })
 }
 
 fn now_secs() -> u64 {
@@ -338,7 +334,8 @@ impl Proxy {
         resp.headers.push(Header::new(HeaderName::Server, SERVER));
         if code >= 200 {
             self.count_final(req, code);
-            if let Some(key) = server_key(req) {
+            // A CANCEL shares the INVITE's key; its answer does not answer the INVITE.
+            if let Some(key) = server_key(req).filter(|_| req.method() != Some(&Method::Cancel)) {
                 let mut t = self.txns.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(st) = t.server.get_mut(&key) {
                     st.final_status = Some(code);
@@ -532,7 +529,11 @@ impl Proxy {
             } else {
                 (407, "Proxy Authentication Required", HeaderName::ProxyAuthenticate)
             };
-            let headers = auth.challenges(stale).iter().map(|c| Header::new(name, c)).collect();
+            let headers = auth
+                .challenges_for(stale, &self.config.digest_algorithms)
+                .iter()
+                .map(|c| Header::new(name, c))
+                .collect();
             Err((code, reason.to_owned(), headers))
         };
         let creds = msg
@@ -542,6 +543,12 @@ impl Proxy {
         let Some(creds) = creds else {
             return challenge(false);
         };
+        let used = digest_param(&creds, "algorithm")
+            .and_then(|a| crate::auth::Algorithm::parse(&a))
+            .unwrap_or(crate::auth::Algorithm::Md5);
+        if !self.config.digest_algorithms.contains(&used) {
+            return challenge(false);
+        }
         let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
         match auth.verify(&method, &creds) {
             Ok(user) => {
@@ -558,7 +565,7 @@ impl Proxy {
             Err(e) if e.is_credential_failure() => {
                 let user = match &e {
                     AuthFailure::UnknownUser(u) => u.clone(),
-                    _ => digest_username(&creds),
+                    _ => digest_param(&creds, "username").unwrap_or_default(),
                 };
                 let key = format!("{}|{user}", flow.remote.ip());
                 let blocked = self
@@ -964,6 +971,9 @@ impl Proxy {
     }
 
     fn finish_server_txn(self: &Arc<Self>, req: &SipMessage, code: u16) {
+        if matches!(req.method(), Some(Method::Cancel | Method::Ack)) {
+            return; // they share the INVITE's key but are not the INVITE
+        }
         let Some(key) = server_key(req) else { return };
         let invite_failed = req.method() == Some(&Method::Invite) && code >= 300;
         let mut t = self.txns.lock().unwrap_or_else(|p| p.into_inner());

@@ -21,7 +21,13 @@ pub struct Registrar {
     store: Arc<Store>,
     min_expires: u32,
     max_expires: u32,
+    /// Write-through cache of the store's bindings: lookups are on the hot
+    /// path of every request for an AOR; the store is read once per AOR.
+    cache: std::sync::Mutex<std::collections::HashMap<String, Vec<Binding>>>,
 }
+
+/// Most AORs cached (DoS bound; beyond it lookups read the store).
+pub const MAX_CACHED_AORS: usize = 100_000;
 
 impl Registrar {
     /// A registrar over `store`.
@@ -30,6 +36,7 @@ impl Registrar {
             store,
             min_expires,
             max_expires,
+            cache: Default::default(),
         }
     }
 
@@ -60,8 +67,7 @@ impl Registrar {
             SipReject::Busy
         };
         let mut bindings: Vec<Binding> = self
-            .store
-            .bindings(&aor)
+            .cached(&aor)
             .map_err(store_err)?
             .into_iter()
             .filter(|b| b.expires_at > now)
@@ -117,6 +123,7 @@ impl Registrar {
         }
         // Committed before the 200 OK leaves.
         self.store.put_bindings(&aor, &bindings).map_err(store_err)?;
+        self.remember(&aor, bindings.clone());
         tracing::info!(aor = %aor, bindings = bindings.len(), flow_node, flow_id, "registration updated");
         Ok(bindings
             .iter()
@@ -132,11 +139,27 @@ impl Registrar {
     /// The binding to deliver to: the most recently refreshed live one.
     pub fn lookup(&self, aor: &str, now: u64) -> Result<Option<Binding>, StoreError> {
         Ok(self
-            .store
-            .bindings(aor)?
+            .cached(aor)?
             .into_iter()
             .filter(|b| b.expires_at > now)
             .max_by_key(|b| b.updated_at))
+    }
+
+    fn cached(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
+        if let Some(b) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(aor) {
+            return Ok(b.clone());
+        }
+        let stored = self.store.bindings(aor)?;
+        self.remember(aor, stored.clone());
+        Ok(stored)
+    }
+
+    fn remember(&self, aor: &str, bindings: Vec<Binding>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_AORS && !cache.contains_key(aor) {
+            return;
+        }
+        cache.insert(aor.to_owned(), bindings);
     }
 
     /// Every live binding stored here.
