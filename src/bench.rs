@@ -255,6 +255,7 @@ pub fn relay(opts: &RelayOptions) -> anyhow::Result<RelayReport> {
         heartbeat_ms: 1000,
         backoff_cap_ms: 1000,
         t1_ms: 500,
+        digest_algorithms: None,
     };
     let cluster = LocalCluster::start(&std::env::temp_dir(), &up)?;
     let ready = cluster.wait_ready(Duration::from_secs(15))?;
@@ -447,6 +448,7 @@ pub fn mesh(nodes: usize, runs: usize) -> anyhow::Result<Vec<u128>> {
             heartbeat_ms: 1000,
             backoff_cap_ms: 1000,
             t1_ms: 500,
+            digest_algorithms: None,
         };
         let cluster = LocalCluster::start(&std::env::temp_dir(), &up)?;
         let ready = cluster.wait_ready(Duration::from_secs(30))?;

@@ -108,6 +108,8 @@ pub struct UpOptions {
     pub backoff_cap_ms: u64,
     /// SIP transaction timer base given to nodes.
     pub t1_ms: u64,
+    /// Digest algorithms the nodes offer, in challenge order (None: the node default).
+    pub digest_algorithms: Option<Vec<sipmesh_actors::auth::Algorithm>>,
 }
 
 /// Demo users `cluster up` creates.
@@ -232,6 +234,10 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
                 domain: Some(opts.domain.clone()),
                 users: Some(users_path.clone()),
                 t1: Duration::from_millis(opts.t1_ms),
+                digest_algorithms: opts
+                    .digest_algorithms
+                    .clone()
+                    .unwrap_or_else(|| SipConfig::default().digest_algorithms),
                 ..SipConfig::default()
             },
         };

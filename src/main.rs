@@ -219,6 +219,10 @@ enum ClusterCommand {
         /// SIP transaction timer T1, in ms (requests time out after 64*T1).
         #[arg(long, default_value_t = sipmesh_actors::config::DEFAULT_T1_MS)]
         t1_ms: u64,
+        /// Digest algorithms offered, in order, comma-separated (e.g. `MD5` for
+        /// baresip 1.0, which refuses a challenge list that includes SHA-256).
+        #[arg(long, value_delimiter = ',', value_parser = parse_algorithm)]
+        digest_algorithms: Option<Vec<sipmesh_actors::auth::Algorithm>>,
     },
     /// Stop a cluster started elsewhere.
     Down {
@@ -226,6 +230,10 @@ enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+fn parse_algorithm(s: &str) -> Result<sipmesh_actors::auth::Algorithm, String> {
+    sipmesh_actors::auth::Algorithm::parse(s).ok_or_else(|| format!("unknown digest algorithm {s:?} (MD5 or SHA-256)"))
 }
 
 fn init_logging() {
@@ -448,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat_ms,
                 backoff_cap_ms,
                 t1_ms,
+                digest_algorithms,
             } => cluster::up(cluster::UpOptions {
                 nodes,
                 dir,
@@ -455,6 +464,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat_ms,
                 backoff_cap_ms,
                 t1_ms,
+                digest_algorithms,
             })?,
             ClusterCommand::Down { dir } => cluster::down(&dir)?,
         },
