@@ -139,3 +139,85 @@ async fn sipsak_message_over_tls_reaches_bob() {
         "sipsak printed the 200:\n{log}"
     );
 }
+
+/// baresip 1.0 (Debian) registers as bob on fe3 over TLS (MD5 Digest: its
+/// libre refuses a challenge list that includes SHA-256, hence
+/// `--digest-algorithms MD5`), and answers a MESSAGE that alice, the
+/// in-project agent on fe1, sends through the mesh.
+#[tokio::test]
+async fn baresip_registers_and_answers_a_message() {
+    let Some(baresip) = find_in_path("baresip") else {
+        eprintln!(
+            "SKIPPED baresip_registers_and_answers_a_message: no `baresip` binary in PATH (apt-get install baresip)"
+        );
+        return;
+    };
+    let cluster = common::Cluster::up_with_args(3, 200, 1000, &["--digest-algorithms", "MD5"], &[]);
+    let ca = ca_path(&cluster);
+    let home = cluster.tmp.path().join("baresip");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    std::fs::write(
+        home.join("config"),
+        format!(
+            "sip_cafile {}\nsip_listen 127.0.0.1:0\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\n\
+             module_app account.so\nmodule_app menu.so\naudio_player aufile,/dev/null\naudio_source aufile,/dev/null\n",
+            ca.display()
+        ),
+    )
+    .expect("write config");
+    std::fs::write(
+        home.join("accounts"),
+        format!(
+            "<sip:bob@{DOMAIN}>;auth_pass={};outbound=\"sip:{};transport=tls\";regint=600\n",
+            password(&cluster, "bob"),
+            client_addr(&cluster, &fe(3))
+        ),
+    )
+    .expect("write accounts");
+    let mut cmd = std::process::Command::new(&baresip);
+    // -t: baresip quits by itself after 60 s whatever happens here.
+    cmd.arg("-f").arg(&home).args(["-t", "60"]);
+    let guard = common::ProcGuard::spawn("baresip", cmd, &home.join("baresip.log"));
+
+    let bob_aor = format!("sip:bob@{DOMAIN}");
+    let row = common::eventually(Duration::from_secs(10), "baresip's registration", || {
+        cluster
+            .info
+            .nodes
+            .iter()
+            .find_map(|n| sip_ua::registration(&cluster, &n.fqdn, &bob_aor))
+    });
+    assert_eq!(row["flow_node"], fe(3), "{row}");
+    assert!(
+        row["contact"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("sip:bob") && c.ends_with(";transport=tls")),
+        "{row}"
+    );
+
+    let mut alice = Ua::connect(
+        client_addr(&cluster, &fe(1)),
+        &ca,
+        "alice",
+        &password(&cluster, "alice"),
+    )
+    .await;
+    let reg = alice.register(600).await;
+    assert_eq!(reg.status(), Some(200), "{}", text(&reg));
+    let sent = alice
+        .request(
+            "MESSAGE",
+            &bob_aor,
+            &["Content-Type: text/plain".to_owned()],
+            "hello, baresip".as_bytes(),
+        )
+        .await;
+    let (_, answer) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(answer.status(), Some(200), "{}", text(&answer));
+    let log = std::fs::read_to_string(home.join("baresip.log")).unwrap_or_default();
+    assert!(
+        !log.contains("Register: "),
+        "baresip reported a registration failure:\n{log}"
+    );
+    drop(guard);
+}

@@ -535,22 +535,32 @@ impl Ua {
         }
     }
 
-    /// SHA-256 Digest credentials answering the challenge of `challenge_resp`
-    /// (a 401 or 407) for `method` on `uri` sip:DOMAIN, with `password`.
+    /// Digest credentials answering the challenge of `challenge_resp` (a 401
+    /// or 407) for `method` on `uri` sip:DOMAIN, with `password`: SHA-256 when
+    /// offered, MD5 otherwise.
     pub fn credentials_for(&self, challenge_resp: &SipMessage, method: &str, password: &str) -> String {
         let name = match challenge_resp.status() {
             Some(407) => HeaderName::ProxyAuthenticate,
             _ => HeaderName::WwwAuthenticate,
         };
-        let challenge = challenge_resp
+        let challenges: Vec<String> = challenge_resp
             .headers_named(name)
             .map(|h| h.value_str().to_owned())
-            .find(|c| challenge_param(c, "algorithm").is_some_and(|a| a.eq_ignore_ascii_case("SHA-256")))
-            .unwrap_or_else(|| panic!("no SHA-256 challenge in:\n{}", text(challenge_resp)));
+            .collect();
+        let pick = |alg: &str| {
+            challenges
+                .iter()
+                .find(|c| challenge_param(c, "algorithm").is_some_and(|a| a.eq_ignore_ascii_case(alg)))
+                .cloned()
+        };
+        let (algorithm, challenge) = pick("SHA-256")
+            .map(|c| (Algorithm::Sha256, c))
+            .or_else(|| pick("MD5").map(|c| (Algorithm::Md5, c)))
+            .unwrap_or_else(|| panic!("no SHA-256 or MD5 challenge in:\n{}", text(challenge_resp)));
         let realm = challenge_param(&challenge, "realm").expect("realm");
         let nonce = challenge_param(&challenge, "nonce").expect("nonce");
         authorization_header(
-            Algorithm::Sha256,
+            algorithm,
             &self.user,
             &realm,
             password,
