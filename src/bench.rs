@@ -248,16 +248,7 @@ pub fn relay(opts: &RelayOptions) -> anyhow::Result<RelayReport> {
     if total > MAX_TRANSACTIONS {
         bail!("{total} transactions (rate × time) is over the {MAX_TRANSACTIONS} limit");
     }
-    let up = UpOptions {
-        nodes: Some(2),
-        dir: None,
-        domain: "contoso.test".into(),
-        heartbeat_ms: 1000,
-        backoff_cap_ms: 1000,
-        t1_ms: 500,
-        digest_algorithms: None,
-    };
-    let cluster = LocalCluster::start(&std::env::temp_dir(), &up)?;
+    let cluster = LocalCluster::start(&std::env::temp_dir(), &cluster_options(2))?;
     let ready = cluster.wait_ready(Duration::from_secs(15))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
@@ -407,6 +398,19 @@ async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> a
     })
 }
 
+/// The cluster a bench starts: `cluster up` defaults.
+fn cluster_options(nodes: usize) -> UpOptions {
+    UpOptions {
+        nodes: Some(nodes),
+        dir: None,
+        domain: "contoso.test".into(),
+        heartbeat_ms: sipmesh_actors::config::DEFAULT_HEARTBEAT_MS,
+        backoff_cap_ms: 1000,
+        t1_ms: sipmesh_actors::config::DEFAULT_T1_MS,
+        digest_algorithms: None,
+    }
+}
+
 /// Render a relay report for people.
 pub fn render_relay(r: &RelayReport) -> String {
     let (a, b): (Vec<_>, Vec<_>) = r.cpu_us_per_txn.iter().enumerate().partition(|(i, _)| *i == 0);
@@ -441,16 +445,7 @@ pub fn render_relay(r: &RelayReport) -> String {
 pub fn mesh(nodes: usize, runs: usize) -> anyhow::Result<Vec<u128>> {
     let mut out = Vec::new();
     for _ in 0..runs {
-        let up = UpOptions {
-            nodes: Some(nodes),
-            dir: None,
-            domain: "contoso.test".into(),
-            heartbeat_ms: 1000,
-            backoff_cap_ms: 1000,
-            t1_ms: 500,
-            digest_algorithms: None,
-        };
-        let cluster = LocalCluster::start(&std::env::temp_dir(), &up)?;
+        let cluster = LocalCluster::start(&std::env::temp_dir(), &cluster_options(nodes))?;
         let ready = cluster.wait_ready(Duration::from_secs(30))?;
         out.push(ready.as_millis());
         let dir = cluster.dir.clone();

@@ -941,33 +941,39 @@ impl Proxy {
     }
 
     fn send_cancel(&self, ct: &ClientTxn) {
-        let mut cancel = ct.forwarded.clone();
+        // CANCEL keeps the INVITE's To (RFC 3261 §9.1).
+        let to = ct.forwarded.header(HeaderName::To).cloned();
+        self.send_hop_request(ct, Method::Cancel, to);
+    }
+
+    /// A hop-by-hop request (CANCEL, or ACK for a non-2xx) for the INVITE of
+    /// `ct`: same Request-URI, Call-ID, From, Route and CSeq number, the
+    /// INVITE's top Via (ours) only, no body.
+    fn send_hop_request(&self, ct: &ClientTxn, method: Method, to: Option<Header>) {
+        let mut req = ct.forwarded.clone();
         let seq = ct.forwarded.cseq().map(|c| c.seq).unwrap_or(1);
-        cancel.start = match &ct.forwarded.start {
-            StartLine::Request { uri, .. } => StartLine::Request {
-                method: Method::Cancel,
+        if let StartLine::Request { uri, .. } = &ct.forwarded.start {
+            req.start = StartLine::Request {
+                method: method.clone(),
                 uri: uri.clone(),
-            },
-            s => s.clone(),
-        };
-        // CANCEL carries the INVITE's top Via (ours) only, and no body.
+            };
+        }
         let top = ct.forwarded.headers_named(HeaderName::Via).next().cloned();
-        cancel.headers.retain(|h| {
+        req.headers.retain(|h| {
             matches!(
                 h.name,
-                HeaderName::From | HeaderName::To | HeaderName::CallId | HeaderName::Route | HeaderName::MaxForwards
+                HeaderName::From | HeaderName::CallId | HeaderName::Route | HeaderName::MaxForwards
             )
         });
         if let Some(v) = top {
             // Keep only the first value of a possibly comma-joined Via.
             let first = v.value_str().split(',').next().unwrap_or("").trim().to_owned();
-            cancel.headers.insert(0, Header::new(HeaderName::Via, &first));
+            req.headers.insert(0, Header::new(HeaderName::Via, &first));
         }
-        cancel
-            .headers
-            .push(Header::new(HeaderName::CSeq, &format!("{seq} CANCEL")));
-        cancel.body = Bytes::new();
-        let _ = self.send_next(&ct.next, &cancel, &ct.origin);
+        req.headers.extend(to);
+        req.headers.push(Header::new(HeaderName::CSeq, &format!("{seq} {method}")));
+        req.body = Bytes::new();
+        let _ = self.send_next(&ct.next, &req, &ct.origin);
     }
 
     fn finish_server_txn(self: &Arc<Self>, req: &SipMessage, code: u16) {
@@ -1075,32 +1081,8 @@ impl Proxy {
 
     /// ACK a non-2xx final response downstream (hop by hop, RFC 3261 §17.1.1.3).
     fn send_failure_ack(&self, ct: &ClientTxn, resp: &SipMessage) {
-        let mut ack = ct.forwarded.clone();
-        let seq = ct.forwarded.cseq().map(|c| c.seq).unwrap_or(1);
-        ack.start = match &ct.forwarded.start {
-            StartLine::Request { uri, .. } => StartLine::Request {
-                method: Method::Ack,
-                uri: uri.clone(),
-            },
-            s => s.clone(),
-        };
-        let top = ct.forwarded.headers_named(HeaderName::Via).next().cloned();
-        ack.headers.retain(|h| {
-            matches!(
-                h.name,
-                HeaderName::From | HeaderName::CallId | HeaderName::Route | HeaderName::MaxForwards
-            )
-        });
-        if let Some(v) = top {
-            let first = v.value_str().split(',').next().unwrap_or("").trim().to_owned();
-            ack.headers.insert(0, Header::new(HeaderName::Via, &first));
-        }
-        if let Some(to) = resp.header(HeaderName::To) {
-            ack.headers.push(to.clone());
-        }
-        ack.headers.push(Header::new(HeaderName::CSeq, &format!("{seq} ACK")));
-        ack.body = Bytes::new();
-        let _ = self.send_next(&ct.next, &ack, &ct.origin);
+        // The ACK carries the To of the response (with the callee's tag).
+        self.send_hop_request(ct, Method::Ack, resp.header(HeaderName::To).cloned());
     }
 
     fn on_ack(self: &Arc<Self>, msg: SipMessage, source: Source, origin: Origin) {
