@@ -22,7 +22,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
-use sipmesh::pki::IssueOptions;
+use sipmesh::pki::{self, IssueOptions};
 use sipmesh_actors::config::NodeConfig;
 use sipmesh_state::signed::unsigned_content;
 use sipmesh_state::{Fqdn, Role, Topology, TrustedServer};
@@ -844,4 +844,57 @@ fn reloading_200_times_does_not_grow_memory() {
     eprintln!("fe1 VmRSS: {warm} KiB after warm-up, {after} KiB after 200 reloads");
     assert_links_all_up(&fe1.debug_socket, 2);
     assert_eq!(status(&fe1.debug_socket)["links_up"], 2);
+}
+
+/// Replacing the CA bundle with another CA (which also re-issued fe1's own
+/// certificate) and reloading fe1: its live links to fe2 and fe3, whose
+/// certificates chain to the old CA, close at once in state `untrusted`
+/// (distinct from `down` and `revoked`), recorded as `unknown-ca` rechecks.
+#[test]
+fn a_new_ca_bundle_distrusts_peers_of_the_old_ca() {
+    let c = cluster3();
+    let s1 = c.node(&fe(1)).debug_socket.clone();
+    let fe1_tls = NodeConfig::load(&c.node(&fe(1)).config)
+        .expect("load fe1 node.toml")
+        .tls;
+    let before = rejections(&s1).len();
+
+    // A second CA issues fe1 a certificate; the shared bundle becomes that CA only.
+    let ca2 = scratch(&c).join("ca2");
+    pki::init_ca(&ca2, "Other Root CA").expect("init ca2");
+    let mut opts = IssueOptions::new(&fe(1));
+    opts.ips = vec!["127.0.0.1".parse().unwrap()];
+    let issued = pki::issue(&ca2, &opts, &scratch(&c).join("fe1-ca2")).expect("issue from ca2");
+    std::fs::copy(&issued.cert_path, &fe1_tls.cert).expect("install cert");
+    std::fs::copy(&issued.key_path, &fe1_tls.key).expect("install key");
+    std::fs::copy(ca2.join("ca.pem"), &fe1_tls.ca).expect("install ca bundle");
+
+    let out = cli([
+        OsStr::new("ctl"),
+        OsStr::new("--socket"),
+        s1.as_os_str(),
+        OsStr::new("reload"),
+        OsStr::new("--json"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "reload fe1: {}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("reload --json");
+    assert_eq!(report["cert_serial"], issued.serial.as_str(), "{report}");
+
+    eventually(Duration::from_secs(1), "fe1's links untrusted", || {
+        (c.link(&fe(1), &fe(2))["state"] == "untrusted" && c.link(&fe(1), &fe(3))["state"] == "untrusted").then_some(())
+    });
+    let new: Vec<Value> = rejections(&s1).into_iter().skip(before).collect();
+    for peer in [fe(2), fe(3)] {
+        assert!(
+            new.iter().any(|r| r["reason"] == "unknown-ca"
+                && r["direction"] == "recheck"
+                && r["presented_name"] == peer.as_str()),
+            "no unknown-ca recheck for {peer} in {new:?}"
+        );
+    }
+    // It stays so: redials to peers of the old CA keep failing.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.link(&fe(1), &fe(2))["state"], "untrusted");
+    assert_eq!(c.link(&fe(1), &fe(3))["state"], "untrusted");
+    assert_eq!(status(&s1)["links_up"], 0);
 }

@@ -614,3 +614,69 @@ async fn malformed_request_gets_400_and_the_connection_survives() {
     assert_eq!(ok.status(), Some(200), "same connection still works: {}", text(&ok));
     assert!(!ua.is_closed());
 }
+
+/// Soft state heals: when an AOR's home node leaves, requests for it get 480
+/// (the new home holds no binding) until the client re-registers over its
+/// still-open connection; the REGISTER lands at the new home and delivery
+/// works again.
+#[tokio::test]
+async fn re_registration_moves_a_binding_to_the_new_home() {
+    let cluster = sip_cluster(3);
+    let nodes = [fe(1), fe(2), fe(3)];
+    // A callee homed away from fe1 (the caller's node) and connected to the
+    // third node, so losing its home leaves both ends of the call alive.
+    let (callee, home_n) = ["bob", "carol", "dave"]
+        .into_iter()
+        .find_map(|u| {
+            let h = home(&aor(u), nodes.iter().map(String::as_str))?;
+            (h != fe(1)).then(|| (u, nodes.iter().position(|n| n == h).unwrap() + 1))
+        })
+        .expect("a user homed away from fe1");
+    let flow_n = 5 - home_n; // the node that is neither fe1 nor the home
+    let mut alice = registered(&cluster, "alice", 1).await;
+    let mut callee_ua = registered(&cluster, callee, flow_n).await;
+    assert!(registration(&cluster, &fe(home_n), &aor(callee)).is_some());
+
+    let old_home = cluster.node(&fe(home_n)).clone();
+    kill_sipmesh_pid(old_home.pid);
+    for n in [fe(1), fe(flow_n)] {
+        common::eventually(
+            Duration::from_secs(5),
+            &format!("{n} sees the old home's link not up"),
+            || (cluster.link(&n, &fe(home_n))["state"] != "up").then_some(()),
+        );
+    }
+    let new_home = home(&aor(callee), [fe(1).as_str(), fe(flow_n).as_str()])
+        .expect("a new home")
+        .to_owned();
+
+    let sent = alice
+        .request(
+            "MESSAGE",
+            &aor(callee),
+            &["Content-Type: text/plain".into()],
+            b"anyone?",
+        )
+        .await;
+    let (_, r) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(r.status(), Some(480), "{}", text(&r));
+
+    let again = callee_ua.register(600).await;
+    assert_eq!(again.status(), Some(200), "{}", text(&again));
+    let row = registration(&cluster, &new_home, &aor(callee)).expect("binding at the new home");
+    assert_eq!(row["flow_node"], fe(flow_n), "{row}");
+
+    let sent = alice
+        .request(
+            "MESSAGE",
+            &aor(callee),
+            &["Content-Type: text/plain".into()],
+            b"there you are",
+        )
+        .await;
+    let got = callee_ua.recv_request_method("MESSAGE", WAIT).await;
+    assert_eq!(&got.body[..], b"there you are");
+    callee_ua.respond(&got, 200, "OK", &[], b"").await;
+    let (_, r) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+}
