@@ -135,7 +135,8 @@ impl ClusterFile {
     fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let path = dir.join(CLUSTER_FILE);
         let tmp = dir.join(".cluster.json.tmp");
-        std::fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n")?;
+        // It lists the demo passwords: owner-only, like the keys.
+        write_private(&tmp, &(serde_json::to_string_pretty(self)? + "\n"))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
     }
 
@@ -145,6 +146,21 @@ impl ClusterFile {
             .filter(|p| alive(*p))
             .collect()
     }
+}
+
+/// Write a file readable by its owner only (mode 0600).
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// True when `pid` runs and is not a zombie.
@@ -194,7 +210,7 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
             .collect(),
     };
     let users_path = dir.join("users.toml");
-    std::fs::write(&users_path, users_file.to_toml())?;
+    write_private(&users_path, &users_file.to_toml())?;
     for i in 0..n {
         let fqdn = Fqdn::new(&format!("fe{}.{}", i + 1, opts.domain)).context("--domain")?;
         let node_dir = dir.join(format!("fe{}", i + 1));

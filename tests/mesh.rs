@@ -15,6 +15,12 @@ use serde_json::Value;
 #[test]
 fn three_nodes_form_a_full_mesh() {
     let c = Cluster::up(3, 200, 1_000);
+    // Secrets the launcher writes are owner-only: demo passwords, HA1 hashes, keys.
+    for secret in ["cluster.json", "users.toml", "topology-admin.key", "ca/ca.key"] {
+        let path = c.dir.join(secret);
+        let mode = std::fs::metadata(&path).expect(secret).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} mode {mode:o}", path.display());
+    }
     let names: Vec<String> = (1..=3).map(fe).collect();
 
     for me in &names {
