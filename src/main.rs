@@ -41,8 +41,10 @@ enum Command {
         /// The node's debug socket.
         #[arg(long)]
         socket: PathBuf,
-        /// status | links | members | rejections | topology | help
+        /// status | links | members | rejections | topology | registrations | reload | check | log-level | help
         cmd: String,
+        /// The argument of `log-level` (a RUST_LOG filter, e.g. `debug`).
+        arg: Option<String>,
         /// Print JSON for scripts instead of a table.
         #[arg(long)]
         json: bool,
@@ -236,18 +238,31 @@ fn parse_algorithm(s: &str) -> Result<sipmesh_actors::auth::Algorithm, String> {
     sipmesh_actors::auth::Algorithm::parse(s).ok_or_else(|| format!("unknown digest algorithm {s:?} (MD5 or SHA-256)"))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+/// Install logging; the returned hook changes the filter at run time.
+fn init_logging() -> sipmesh_actors::node::LogLevelHook {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{reload, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
         .init();
+    std::sync::Arc::new(move |directive: &str| {
+        let new = EnvFilter::try_new(directive).map_err(|e| format!("bad log filter {directive:?}: {e}"))?;
+        handle.reload(new).map_err(|e| e.to_string())?;
+        tracing::info!(filter = directive, "log filter changed");
+        Ok(directive.to_owned())
+    })
 }
 
 fn run_node(config: PathBuf) -> anyhow::Result<()> {
-    init_logging();
+    let set_log_level = init_logging();
     if let Some(ppid) = std::env::var(cluster::PARENT_PID_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -272,7 +287,7 @@ fn run_node(config: PathBuf) -> anyhow::Result<()> {
                 _ => std::future::pending::<()>().await,
             }
         };
-        sipmesh_actors::run(config, shutdown).await
+        sipmesh_actors::run_with(config, shutdown, Some(set_log_level)).await
     })?;
     Ok(())
 }
@@ -404,12 +419,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl {
             socket,
             cmd,
+            arg,
             json,
             days,
         } => {
             let mut request = serde_json::json!({ "cmd": cmd });
             if let Some(days) = days {
                 request["days"] = days.into();
+            }
+            if let Some(level) = arg {
+                request["level"] = level.into();
             }
             let result = ctl::request(&socket, &request)?;
             let text = if json {

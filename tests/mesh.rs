@@ -292,3 +292,34 @@ fn launcher_killed_takes_nodes_with_it() {
         "3 s after SIGKILL of the launcher, node pids still alive: {alive:?}"
     );
 }
+
+#[test]
+fn log_level_changes_at_run_time() {
+    let c = Cluster::up(2, 200, 1_000);
+    let socket = c.node(&fe(1)).debug_socket.to_str().unwrap().to_owned();
+    let ctl = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["ctl", "--socket", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["log-level", "debug", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer, serde_json::json!({"level": "debug"}));
+    // The node logs at debug now: kill fe2 and fe1 logs its failed redials.
+    let fe2 = c.node(&fe(2)).pid;
+    kill(Pid::from_raw(fe2), Signal::SIGKILL).unwrap();
+    let log = c.node(&fe(1)).log.clone();
+    eventually(Duration::from_secs(5), "a DEBUG line in fe1's log", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains(" DEBUG "))
+            .map(|_| ())
+    });
+    let out = ctl(&["log-level", "nonsense=["]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: bad log filter \"nonsense=[\":"), "{err}");
+}

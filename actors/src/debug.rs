@@ -29,6 +29,8 @@
 //!   expiring within `days`, peers not up, members lagging the topology version).
 //! - `registrations`: bindings stored at this node (it is their home):
 //!   `aor, contact, home_node, flow_node, flow_id, expires_in`.
+//! - `log-level` (`{"cmd":"log-level","level":"debug"}`): change the log
+//!   filter at run time (a `RUST_LOG` directive); answers the filter in effect.
 //! - `help`: the command list.
 //! - `fault` (`{"cmd":"fault","panic_link":"<peer>"}`): only when the node
 //!   runs with `SIPMESH_FAULT_INJECTION=1`; makes that link's actor panic.
@@ -71,6 +73,7 @@ pub const COMMANDS: &[&str] = &[
     "publish",
     "reload",
     "check",
+    "log-level",
     "help",
 ];
 
@@ -260,6 +263,18 @@ pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
                     })
                     .collect(),
             ))
+        }
+        "log-level" => {
+            let hook = node
+                .set_log_level
+                .as_ref()
+                .ok_or("this process cannot change its log level")?;
+            match request.get("level").and_then(Value::as_str) {
+                Some(level) => hook(level).map(|now| json!({ "level": now })),
+                None => Err(
+                    "log-level: missing \"level\" (e.g. \"info\", \"debug\", \"sipmesh_actors::proxy=trace\")".into(),
+                ),
+            }
         }
         "help" => Ok(json!(COMMANDS)),
         "fault" if node.faults => {

@@ -34,7 +34,7 @@ pub mod tls;
 pub mod wire;
 
 pub use config::NodeConfig;
-pub use node::run;
+pub use node::{run, run_with};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -316,7 +316,13 @@ pub struct NodeHandle {
     pub membership: Addr<Membership>,
     /// Whether fault-injection commands are allowed.
     pub faults: bool,
+    /// Changes the log filter at run time (`ctl log-level`), when the binary provides it.
+    pub set_log_level: Option<LogLevelHook>,
 }
+
+/// Sets the process's log filter (a `RUST_LOG`-style directive); returns the
+/// filter now in effect.
+pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 async fn reload_on_sighup(node: Addr<NodeActor>) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -335,6 +341,15 @@ async fn reload_on_sighup(node: Addr<NodeActor>) {
 /// Run a node until `shutdown` resolves. Must be called inside an actix
 /// `System` (the binary uses `actix_rt::System::new().block_on`).
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`] with a hook that changes the log filter at run time.
+pub async fn run_with(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    set_log_level: Option<LogLevelHook>,
+) -> Result<(), NodeError> {
     let started = Instant::now();
     let store = Arc::new(Store::open(&config.data_dir.join(STORE_FILE))?);
     let initial = membership::initial_topology(&config, &store)?;
@@ -405,6 +420,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         node: node.clone(),
         membership,
         faults: std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1"),
+        set_log_level,
     };
     let debug_task = actix_rt::spawn(debug::serve(debug_listener, handle));
     tracing::info!(

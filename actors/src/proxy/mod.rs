@@ -971,7 +971,8 @@ impl Proxy {
             req.headers.insert(0, Header::new(HeaderName::Via, &first));
         }
         req.headers.extend(to);
-        req.headers.push(Header::new(HeaderName::CSeq, &format!("{seq} {method}")));
+        req.headers
+            .push(Header::new(HeaderName::CSeq, &format!("{seq} {method}")));
         req.body = Bytes::new();
         let _ = self.send_next(&ct.next, &req, &ct.origin);
     }
