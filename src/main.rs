@@ -196,6 +196,9 @@ enum BenchCommand {
         /// Repetitions.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -462,9 +465,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", sipmesh::bench::render_relay(&report));
                 }
             }
-            BenchCommand::Mesh { nodes, runs } => {
-                let times = sipmesh::bench::mesh(nodes, runs)?;
-                println!("{nodes}-node mesh fully up in (ms): {times:?} (target < 2000)");
+            BenchCommand::Mesh { nodes, runs, json } => {
+                let report = sipmesh::bench::mesh(nodes, runs)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", sipmesh::bench::render_mesh(&report));
+                }
             }
         },
         Command::Cluster { command } => match command {

@@ -55,3 +55,27 @@ fn bench_refuses_bad_input_with_the_value() {
         "error: --rate 0: must be at least 1"
     );
 }
+
+#[test]
+fn mesh_bench_reports_time_and_memory() {
+    let out = Command::new(BIN)
+        .args(["bench", "mesh", "--nodes", "4", "--runs", "1", "--json"])
+        .output()
+        .expect("run sipmesh bench mesh");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["nodes"], 4);
+    let ready = report["ready_ms"].as_array().expect("ready_ms");
+    assert_eq!(ready.len(), 1);
+    assert!(ready[0].as_u64().is_some_and(|ms| ms > 0 && ms < 30_000), "{report}");
+    assert!(report["rss_kib"].as_u64().is_some_and(|k| k > 1024), "{report}");
+    assert!(
+        report["rss_kib_one_link"].as_u64().is_some_and(|k| k > 1024),
+        "{report}"
+    );
+    assert!(report["kib_per_idle_link"].is_number(), "{report}");
+}
