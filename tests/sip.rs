@@ -680,3 +680,71 @@ async fn re_registration_moves_a_binding_to_the_new_home() {
     let (_, r) = alice.final_response(&sent, WAIT).await;
     assert_eq!(r.status(), Some(200), "{}", text(&r));
 }
+
+/// The registrar: add a second contact, fetch, shorten an over-long expiry,
+/// refuse a too-short one with 423 + Min-Expires, remove one contact, refuse
+/// `*` without `Expires: 0`, then remove all with `*`.
+#[tokio::test]
+async fn registrar_add_fetch_remove_and_limits() {
+    let cluster = sip_cluster(3);
+    let mut alice = registered(&cluster, "alice", 1).await;
+    let home_node = find_home(&cluster, "alice");
+    let contacts =
+        |r: &SipMessage| -> Vec<String> { r.values(HeaderName::Contact).iter().map(|v| v.to_string()).collect() };
+    let desk = "<sip:alice@127.0.0.2:5061;transport=tls>";
+
+    let r = alice
+        .register_with(Some("<sip:alice@127.0.0.3:5061;transport=tls>;expires=30"), None)
+        .await;
+    assert_eq!(
+        (r.status(), reason(&r).as_str()),
+        (Some(423), "Interval Too Brief"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(hdr(&r, HeaderName::MinExpires), "60");
+
+    let r = alice.register_with(Some(desk), Some("7200")).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+    let listed = contacts(&r);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|c| c == &format!("{desk};expires=3600") || c == &format!("{desk};expires=3599")),
+        "max_expires caps 7200 to 3600: {listed:?}"
+    );
+
+    let r = alice.register_with(None, None).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+    assert_eq!(contacts(&r).len(), 2, "fetch lists both: {}", text(&r));
+    let rows = cluster.debug(&home_node, "registrations");
+    assert_eq!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["aor"] == aor("alice"))
+            .count(),
+        2
+    );
+
+    let r = alice.register_with(Some(desk), Some("0")).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+    let left = contacts(&r);
+    assert_eq!(left.len(), 1, "{}", text(&r));
+    let expires: u32 = left[0]
+        .strip_prefix(&format!("<{}>;expires=", alice.contact_uri()))
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("only the original contact is left: {left:?}"));
+    // Registered for 600 s a moment ago (a second may have ticked since).
+    assert!((598..=600).contains(&expires), "{left:?}");
+
+    let r = alice.register_with(Some("*"), Some("300")).await;
+    assert_eq!(r.status(), Some(400), "{}", text(&r));
+    assert_eq!(reason(&r), "Invalid Star Contact (needs Expires: 0)");
+
+    let r = alice.register_with(Some("*"), Some("0")).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+    assert!(contacts(&r).is_empty(), "{}", text(&r));
+    assert!(registration(&cluster, &home_node, &aor("alice")).is_none());
+}

@@ -501,6 +501,35 @@ impl Ua {
         }
     }
 
+    /// REGISTER on an already authenticated connection with a raw Contact
+    /// header value (none: a fetch) and a raw Expires header value; the final response.
+    pub async fn register_with(&mut self, contact: Option<&str>, expires: Option<&str>) -> SipMessage {
+        let branch = new_branch();
+        let seq = self.next_cseq();
+        let mut text = format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: <{aor}>;tag={tag}\r\n\
+             To: <{aor}>\r\nCall-ID: {cid}\r\nCSeq: {seq} REGISTER\r\n",
+            via = self.via(&branch),
+            aor = self.aor,
+            tag = rand_hex(),
+            cid = self.reg_call_id,
+        );
+        if let Some(c) = contact {
+            text.push_str(&format!("Contact: {c}\r\n"));
+        }
+        if let Some(e) = expires {
+            text.push_str(&format!("Expires: {e}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        self.send_raw(text.as_bytes()).await;
+        loop {
+            let r = self.recv_response_to(&branch, "REGISTER", WAIT).await;
+            if r.status().unwrap_or(0) >= 200 {
+                return r;
+            }
+        }
+    }
+
     /// REGISTER (with Authorization `creds` when given); the final response.
     pub async fn send_register(&mut self, expires: u32, creds: Option<String>) -> SipMessage {
         let branch = new_branch();
