@@ -748,3 +748,54 @@ async fn registrar_add_fetch_remove_and_limits() {
     assert!(contacts(&r).is_empty(), "{}", text(&r));
     assert!(registration(&cluster, &home_node, &aor("alice")).is_none());
 }
+
+/// SUBSCRIBE creates a record-routed dialog whose NOTIFY crosses the mesh
+/// back along the route set; an unknown method is proxied like any non-INVITE.
+#[tokio::test]
+async fn subscribe_notify_and_unknown_methods_cross_the_mesh() {
+    let (_cluster, mut alice, mut bob) = alice_and_bob().await;
+
+    let foo = alice
+        .request("FOO", &aor("bob"), &["X-Custom: kept as is".into()], b"")
+        .await;
+    let got = bob.recv_request_method("FOO", WAIT).await;
+    assert_eq!(request_uri(&got), bob.contact_uri());
+    assert_eq!(got.other_header("X-Custom").map(|h| h.value_str()), Some("kept as is"));
+    assert!(
+        got.record_routes().expect("Record-Route").is_empty(),
+        "FOO is not dialog-creating"
+    );
+    bob.respond(&got, 200, "OK", &[], b"").await;
+    let (_, r) = alice.final_response(&foo, WAIT).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+
+    let sub = alice
+        .request(
+            "SUBSCRIBE",
+            &aor("bob"),
+            &["Event: presence".into(), "Expires: 600".into()],
+            b"",
+        )
+        .await;
+    let got = bob.recv_request_method("SUBSCRIBE", WAIT).await;
+    assert_eq!(got.record_routes().expect("Record-Route").len(), 2, "{}", text(&got));
+    let mut bob_dialog = Dialog::uas(&got);
+    let contact = format!("Contact: <{}>", bob.contact_uri());
+    bob.respond(&got, 200, "OK", &[contact, "Expires: 600".into()], b"")
+        .await;
+    let (_, ok) = alice.final_response(&sub, WAIT).await;
+    assert_eq!(ok.status(), Some(200), "{}", text(&ok));
+
+    let notify = bob_dialog.send_request(&mut bob, "NOTIFY").await;
+    let got = alice.recv_request_method("NOTIFY", WAIT).await;
+    assert_eq!(request_uri(&got), alice.contact_uri());
+    assert!(
+        got.routes().expect("Route").is_empty(),
+        "every Route consumed: {}",
+        text(&got)
+    );
+    assert_eq!(got.call_id().unwrap(), sub.call_id);
+    alice.respond(&got, 200, "OK", &[], b"").await;
+    let (_, r) = bob.final_response(&notify, WAIT).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+}
