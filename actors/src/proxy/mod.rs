@@ -676,9 +676,9 @@ impl Proxy {
         }
         msg.set_header(Header::new(HeaderName::MaxForwards, &(mf - 1).to_string()));
         // Dialog-creating requests are record-routed by the nodes holding the flows.
-        let dialog_creating = matches!(method, Method::Invite | Method::Subscribe | Method::Other(_))
+        let dialog_creating = matches!(method, Method::Invite | Method::Subscribe)
             && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
-        if dialog_creating && matches!(method, Method::Invite | Method::Subscribe) {
+        if dialog_creating {
             let rr_flow = match (&source, &next) {
                 (Source::Flow(f), _) => Some(*f),
                 (_, NextHop::Flow(f)) => Some(*f),
