@@ -39,6 +39,10 @@ fn find_in_path(bin: &str) -> Option<PathBuf> {
 #[tokio::test]
 async fn sipsak_message_over_tls_reaches_bob() {
     let Some(sipsak) = find_in_path("sipsak") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the interop tests: scripts/test installs sipsak"
+        );
         eprintln!("SKIPPED sipsak_message_over_tls_reaches_bob: no `sipsak` binary in PATH (apt-get install sipsak)");
         return;
     };
@@ -147,6 +151,10 @@ async fn sipsak_message_over_tls_reaches_bob() {
 #[tokio::test]
 async fn baresip_registers_and_answers_a_message() {
     let Some(baresip) = find_in_path("baresip") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the interop tests: scripts/test installs baresip"
+        );
         eprintln!(
             "SKIPPED baresip_registers_and_answers_a_message: no `baresip` binary in PATH (apt-get install baresip)"
         );
