@@ -294,7 +294,8 @@ impl Proxy {
             .link(peer.as_str())
             .ok_or_else(|| SipReject::PathDown(peer.to_string()))?;
         let frame = Frame::Sip {
-            message: msg.to_bytes().to_vec(),
+            // Reuses the serialized buffer: no second copy.
+            message: Vec::from(msg.to_bytes()),
             meta: SipMeta {
                 identity: origin.and_then(|o| o.identity.clone()),
                 ingress: origin.map_or_else(|| self.shared.fqdn.to_string(), |o| o.ingress.clone()),
@@ -633,17 +634,26 @@ impl Proxy {
     /// The home node of an AOR.
     pub fn home_of(&self, aor: &str) -> Option<Fqdn> {
         let candidates = self.home_candidates();
-        home::home(aor, candidates.iter().map(|f| f.as_str())).and_then(|h| Fqdn::new(h).ok())
+        let h = home::home(aor, candidates.iter().map(|f| f.as_str()))?;
+        candidates.iter().find(|f| f.as_str() == h).cloned()
     }
 
     fn route(self: &Arc<Self>, mut msg: SipMessage, source: Source, origin: Origin, via: Option<MeshRoute>) {
         let identity = origin.identity.clone();
+        // The server transaction key, computed once: routing below never
+        // touches the top Via or the method.
+        let Some(key) = server_key(&msg) else {
+            return self.reject(&source, &msg, SipReject::Malformed(ParseError::MissingHeader("Via")));
+        };
         // A retransmission of a request we are already handling.
-        if let Some(key) = server_key(&msg) {
-            let t = self.txns.lock().unwrap_or_else(|p| p.into_inner());
-            if t.server.contains_key(&key) {
-                return;
-            }
+        if self
+            .txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .server
+            .contains_key(&key)
+        {
+            return;
         }
         // Max-Forwards.
         let mf = match msg.max_forwards() {
@@ -700,7 +710,7 @@ impl Proxy {
                 }
             }
         }
-        self.forward(msg, source, next, origin, hash);
+        self.forward(msg, key, source, next, origin, hash);
     }
 
     /// Decide the next hop of a request from its Route set and Request-URI.
@@ -858,11 +868,16 @@ impl Proxy {
 
     // ---- transactions --------------------------------------------------
 
-    fn forward(self: &Arc<Self>, mut msg: SipMessage, source: Source, next: NextHop, origin: Origin, hash: String) {
+    fn forward(
+        self: &Arc<Self>,
+        mut msg: SipMessage,
+        key: String,
+        source: Source,
+        next: NextHop,
+        origin: Origin,
+        hash: String,
+    ) {
         let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
-        let Some(key) = server_key(&msg) else {
-            return self.reject(&source, &msg, SipReject::Malformed(ParseError::MissingHeader("Via")));
-        };
         let b = branch();
         {
             let mut t = self.txns.lock().unwrap_or_else(|p| p.into_inner());

@@ -138,11 +138,17 @@ impl Registrar {
 
     /// The binding to deliver to: the most recently refreshed live one.
     pub fn lookup(&self, aor: &str, now: u64) -> Result<Option<Binding>, StoreError> {
-        Ok(self
-            .cached(aor)?
-            .into_iter()
-            .filter(|b| b.expires_at > now)
-            .max_by_key(|b| b.updated_at))
+        let pick = |list: &[Binding]| {
+            list.iter()
+                .filter(|b| b.expires_at > now)
+                .max_by_key(|b| b.updated_at)
+                .cloned()
+        };
+        // Hot path: pick under the lock instead of cloning the AOR's whole list.
+        if let Some(list) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(aor) {
+            return Ok(pick(list));
+        }
+        Ok(pick(&self.cached(aor)?))
     }
 
     fn cached(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
