@@ -141,6 +141,19 @@ fn write_topology(path: &Path, t: &Topology) {
     std::fs::write(path, t.to_toml_string()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// `sipmesh ctl --socket SOCKET CMD --json`: must exit 0; its JSON.
+fn ctl_json(socket: &Path, cmd: &str) -> Value {
+    let out = cli([
+        OsStr::new("ctl"),
+        OsStr::new("--socket"),
+        socket.as_os_str(),
+        OsStr::new(cmd),
+        OsStr::new("--json"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "ctl {cmd}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ctl {cmd} --json: {e}"))
+}
+
 fn status(socket: &Path) -> Value {
     debug(socket, "status")
 }
@@ -541,15 +554,7 @@ fn foreign_and_stale_topologies_are_refused() {
             assert_eq!(topology_version(s), 1, "{reason}: {}", s.display());
             assert_eq!(&members(s), before, "{reason}: members changed on {}", s.display());
         }
-        let out = cli([
-            OsStr::new("ctl"),
-            OsStr::new("--socket"),
-            target.as_os_str(),
-            OsStr::new("topology"),
-            OsStr::new("--json"),
-        ]);
-        assert_eq!(out.status.code(), Some(0), "ctl topology: {}", text(&out.stderr));
-        let t: Value = serde_json::from_slice(&out.stdout).expect("ctl topology --json is JSON");
+        let t = ctl_json(target, "topology");
         assert_eq!(t["version"], 1, "{t}");
         assert_eq!(t["history"], serde_json::json!([1]), "{t}");
         let refusals = t["refusals"].as_array().expect("refusals array");
@@ -703,15 +708,7 @@ fn revoking_a_node_evicts_it() {
         text(&out.stdout)
     );
 
-    let out = cli([
-        OsStr::new("ctl"),
-        OsStr::new("--socket"),
-        s1.as_os_str(),
-        OsStr::new("reload"),
-        OsStr::new("--json"),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "reload fe1: {}", text(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("reload --json");
+    let report = ctl_json(&s1, "reload");
     assert_eq!(report["crls"], 1, "{report}");
     assert_eq!(report["links_rechecked"], 2, "{report}");
     let fe3_pid = c.node(&fe(3)).pid;
@@ -782,15 +779,7 @@ fn rotating_a_certificate_keeps_links_up() {
     std::fs::copy(&new.key_path, &tls.key).expect("copy key");
     std::fs::copy(&new.cert_path, &tls.cert).expect("copy cert");
 
-    let out = cli([
-        OsStr::new("ctl"),
-        OsStr::new("--socket"),
-        fe1.debug_socket.as_os_str(),
-        OsStr::new("reload"),
-        OsStr::new("--json"),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "reload: {}", text(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("reload --json");
+    let report = ctl_json(&fe1.debug_socket, "reload");
     assert_eq!(report["cert_serial"], new.serial.as_str(), "{report}");
 
     // For 2 s nothing moves: links up, no restarts, on fe1 and at its peers.
@@ -869,15 +858,7 @@ fn a_new_ca_bundle_distrusts_peers_of_the_old_ca() {
     std::fs::copy(&issued.key_path, &fe1_tls.key).expect("install key");
     std::fs::copy(ca2.join("ca.pem"), &fe1_tls.ca).expect("install ca bundle");
 
-    let out = cli([
-        OsStr::new("ctl"),
-        OsStr::new("--socket"),
-        s1.as_os_str(),
-        OsStr::new("reload"),
-        OsStr::new("--json"),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "reload fe1: {}", text(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("reload --json");
+    let report = ctl_json(&s1, "reload");
     assert_eq!(report["cert_serial"], issued.serial.as_str(), "{report}");
 
     eventually(Duration::from_secs(1), "fe1's links untrusted", || {

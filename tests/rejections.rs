@@ -77,6 +77,13 @@ async fn expect_inbound_refusal(
     assert!(pid_alive(node.proc.pid()), "node died");
 }
 
+/// A connection presenting `cert` (named `name`, and claiming it in the
+/// hello) is refused with `reason`, the refusal naming `name`.
+async fn expect_cert_refused(node: &SingleNode, cert: &Issued, name: &str, reason: &str) {
+    let config = client_config(&node.pki.ca_pem, Some(cert));
+    expect_inbound_refusal(node, config, name, reason, Some(name), name).await;
+}
+
 #[tokio::test]
 async fn no_client_cert() {
     let node = node_with(|_| {});
@@ -98,16 +105,7 @@ async fn unknown_ca() {
     let other = tempfile::tempdir().expect("tempdir");
     let other_ca = Pki::init(other.path(), "some other CA");
     let cert = other_ca.issue_fqdn("fe2.contoso.test");
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "fe2.contoso.test",
-        "unknown-ca",
-        Some("fe2.contoso.test"),
-        "fe2.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "fe2.contoso.test", "unknown-ca").await;
 }
 
 #[tokio::test]
@@ -117,16 +115,7 @@ async fn expired() {
         not_after: Some(OffsetDateTime::now_utc() - time::Duration::minutes(10)),
         ..IssueOptions::new("fe0.contoso.test")
     });
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "fe0.contoso.test",
-        "expired",
-        Some("fe0.contoso.test"),
-        "fe0.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "fe0.contoso.test", "expired").await;
 }
 
 #[tokio::test]
@@ -138,16 +127,7 @@ async fn not_yet_valid_counts_as_expired() {
         not_after: Some(now + time::Duration::days(30)),
         ..IssueOptions::new("fe0.contoso.test")
     });
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "fe0.contoso.test",
-        "expired",
-        Some("fe0.contoso.test"),
-        "fe0.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "fe0.contoso.test", "expired").await;
 }
 
 #[tokio::test]
@@ -159,32 +139,14 @@ async fn revoked() {
         revoked = Some(cert);
     });
     let cert = revoked.expect("issued");
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "fe0.contoso.test",
-        "revoked",
-        Some("fe0.contoso.test"),
-        "fe0.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "fe0.contoso.test", "revoked").await;
 }
 
 #[tokio::test]
 async fn not_in_topology() {
     let node = node_with(|_| {});
     let cert = node.pki.issue_fqdn("stranger.contoso.test");
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "stranger.contoso.test",
-        "not-in-topology",
-        Some("stranger.contoso.test"),
-        "stranger.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "stranger.contoso.test", "not-in-topology").await;
 }
 
 #[tokio::test]
@@ -194,16 +156,7 @@ async fn bad_eku() {
         client_auth: false,
         ..IssueOptions::new("fe0.contoso.test")
     });
-    let config = client_config(&node.pki.ca_pem, Some(&cert));
-    expect_inbound_refusal(
-        &node,
-        config,
-        "fe0.contoso.test",
-        "bad-eku",
-        Some("fe0.contoso.test"),
-        "fe0.contoso.test",
-    )
-    .await;
+    expect_cert_refused(&node, &cert, "fe0.contoso.test", "bad-eku").await;
 }
 
 #[tokio::test]

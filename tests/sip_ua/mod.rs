@@ -470,18 +470,7 @@ impl Ua {
     /// CANCEL for a sent INVITE: same Request-URI, Call-ID, From, To, Via
     /// (branch) and CSeq number (RFC 3261 §9.1).
     pub async fn cancel(&mut self, invite: &Sent) -> SipMessage {
-        let m = &invite.msg;
-        let text = format!(
-            "CANCEL {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {cid}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
-            ruri = request_uri(m),
-            via = hdr(m, HeaderName::Via),
-            from = hdr(m, HeaderName::From),
-            to = hdr(m, HeaderName::To),
-            cid = invite.call_id,
-            seq = invite.cseq,
-        );
-        let msg = SipMessage::parse(Bytes::from(text)).expect("CANCEL parses");
+        let msg = hop_request(invite, "CANCEL", &hdr(&invite.msg, HeaderName::To));
         self.send(&msg).await;
         msg
     }
@@ -776,17 +765,23 @@ impl Ua {
     /// ACK a non-2xx final response to `invite` (RFC 3261 §17.1.1.3: same
     /// branch and Request-URI, To from the response, CSeq n ACK).
     pub async fn ack_failure(&mut self, invite: &Sent, resp: &SipMessage) {
-        let m = &invite.msg;
-        let text = format!(
-            "ACK {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
-             Call-ID: {cid}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-            ruri = request_uri(m),
-            via = hdr(m, HeaderName::Via),
-            from = hdr(m, HeaderName::From),
-            to = hdr(resp, HeaderName::To),
-            cid = invite.call_id,
-            seq = invite.cseq,
-        );
-        self.send_raw(text.as_bytes()).await;
+        let msg = hop_request(invite, "ACK", &hdr(resp, HeaderName::To));
+        self.send(&msg).await;
     }
+}
+
+/// A request sharing `invite`'s transaction (CANCEL, or ACK for a non-2xx):
+/// its Request-URI, Via (branch), From, Call-ID and CSeq number, with `to`.
+fn hop_request(invite: &Sent, method: &str, to: &str) -> SipMessage {
+    let m = &invite.msg;
+    let text = format!(
+        "{method} {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\n\
+         Call-ID: {cid}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n",
+        ruri = request_uri(m),
+        via = hdr(m, HeaderName::Via),
+        from = hdr(m, HeaderName::From),
+        cid = invite.call_id,
+        seq = invite.cseq,
+    );
+    SipMessage::parse(Bytes::from(text)).unwrap_or_else(|e| panic!("{method}: {e}"))
 }
