@@ -251,7 +251,9 @@ pub fn free_addr() -> SocketAddr {
 
 // ---------------------------------------------------------------- cluster
 
-/// `DIR/cluster.json` as written by `cluster up`.
+/// `DIR/cluster.json` as written by `cluster up`. Deliberately not
+/// `sipmesh::cluster::ClusterFile`: scripts read the JSON, so the tests parse
+/// the documented field names independently and a rename breaks them.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ClusterInfo {
     pub domain: String,
