@@ -242,7 +242,7 @@ fn parse_algorithm(s: &str) -> Result<sipmesh_actors::auth::Algorithm, String> {
 }
 
 /// Install logging; the returned hook changes the filter at run time.
-fn init_logging() -> sipmesh_actors::node::LogLevelHook {
+fn init_logging() -> sipmesh_actors::admin::LogLevelHook {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{reload, EnvFilter};
@@ -290,7 +290,10 @@ fn run_node(config: PathBuf) -> anyhow::Result<()> {
                 _ => std::future::pending::<()>().await,
             }
         };
-        sipmesh_actors::run_with(config, shutdown, Some(set_log_level)).await
+        let hooks = sipmesh_actors::Hooks {
+            set_log_level: Some(set_log_level),
+        };
+        sipmesh_actors::run(sipmesh_actors::Listeners::default(), config, shutdown, hooks).await
     })?;
     Ok(())
 }

@@ -1,40 +1,38 @@
 //! sipmesh node runtime.
 //!
 //! # Layout
-//! - [`wire`]: sans-IO mesh frame codec (length-prefixed postcard frames).
+//! - [`server`]: [`run`], the composition root (listeners, config, shutdown).
 //! - [`config`]: the node's `node.toml`.
-//! - [`tls`]: PEM material, the mesh trust verifier, rustls configs.
-//! - [`reject`]: rejection reasons, their mapping from TLS errors, the log.
-//! - [`status`]: the shared read-mostly view (links, topology, rejections).
-//! - [`link`]: `PeerLink`, the supervised actor owning one MTLS link.
-//! - [`listener`]: the mesh accept loop.
-//! - [`membership`]: the trusted-server set and its Store.
-//! - [`node`]: `NodeActor` and [`node::run`].
-//! - [`debug`]: the Unix debug socket.
+//! - [`net`]: the bounded accept loop every door uses.
+//! - [`mesh`]: MTLS links: frame codec, handshake, listener, `PeerLink`,
+//!   `NodeActor`, membership, the shared status view.
+//! - [`trust`]: PEM material, the trust policy and mesh verifier, rustls
+//!   configs, rejection reasons.
 //! - [`sip`]: sans-IO SIP codec.
-//! - [`proxy`]: the message actors: client listener, proxy, registrar.
 //! - [`auth`]: SIP Digest authentication and the users file.
+//! - [`proxy`]: the message actors: client listener, routing, transactions,
+//!   registrar.
+//! - [`admin`]: the Unix debug socket and its commands.
+//! - [`clock`]: wall-clock helpers.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
-pub mod debug;
-pub mod link;
-pub mod listener;
-pub mod membership;
-pub mod node;
+pub mod mesh;
+pub mod net;
 pub mod proxy;
-pub mod reject;
+pub mod server;
 pub mod sip;
-pub mod status;
-pub mod tls;
-pub mod wire;
+pub mod trust;
 
 pub use config::NodeConfig;
-pub use node::{run, run_with};
+pub use mesh::wire;
+pub use server::{run, Hooks, Listeners};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +71,7 @@ pub enum NodeError {
     },
     /// TLS material unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] trust::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {addr}: {cause}")]
     Bind {

@@ -12,13 +12,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::flows::FLOW_QUEUE;
 use super::Proxy;
 use crate::config::SipConfig;
+use crate::mesh::status::Shared;
+use crate::net::accept::{accept_loop, AcceptStats};
 use crate::sip::{Incoming, SipDecoder, SipUri, MAX_BODY, MAX_HEADER_BLOCK};
-use crate::status::Shared;
 
 /// Deadline for a client's TLS handshake.
 pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,27 +30,20 @@ pub const MAX_CLIENT_BUFFER: usize = MAX_HEADER_BLOCK + MAX_BODY + 16 * 1024;
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Accept client connections until the task is dropped.
-pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Shared>, config: SipConfig) {
-    let limit = Arc::new(Semaphore::new(config.max_client_connections));
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "client accept failed");
-                tokio::time::sleep(crate::listener::ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %remote, limit = config.max_client_connections, "client connection limit reached");
-            continue;
-        };
-        let (proxy, shared) = (proxy.clone(), shared.clone());
-        let idle = config.client_idle_timeout;
-        actix_rt::spawn(async move {
-            connection(tcp, remote, proxy, shared, idle, permit).await;
-        });
-    }
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Shared>, config: SipConfig) {
+    let limit = config.max_client_connections;
+    let refused = move |remote| tracing::warn!(remote = %remote, limit, "client connection limit reached");
+    let idle = config.client_idle_timeout;
+    let handle = move |tcp, remote, permit| connection(tcp, remote, proxy.clone(), shared.clone(), idle, permit);
+    accept_loop(
+        listener,
+        "sip clients",
+        limit,
+        Arc::new(AcceptStats::default()),
+        refused,
+        handle,
+    )
+    .await
 }
 
 /// The AOR named by a client certificate's `sip:` URI SAN.

@@ -4,7 +4,7 @@
 
 /// FNV-1a 64: stable across builds and platforms (unlike `DefaultHasher`),
 /// so nodes of different versions agree on homes.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in *part {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use sipmesh_state::{Binding, Store, StoreError};
 
-use super::now_secs;
-use super::reject::SipReject;
+use super::answer::SipReject;
+use crate::clock::now_secs;
 use crate::sip::{Contacts, Header, HeaderName, SipMessage};
 
 /// Most contacts kept per AOR (DoS bound: a client cannot grow the store).

@@ -6,53 +6,40 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use sipmesh_state::Fqdn;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsStream;
 use tokio_util::codec::Framed;
 
+use super::handshake::{check_protocol, read_hello, Established, HelloError, LinkCodec};
+use super::link::{Directory, Inbound};
+use super::status::Shared;
+use super::wire::Frame;
 use crate::config::MeshTiming;
-use crate::link::{frame_name, Directory, Established, Inbound, LinkCodec};
-use crate::reject::{Direction, RejectReason, Rejection};
-use crate::status::Shared;
-use crate::tls::{rejection_of, CertInfo};
-use crate::wire::{Frame, PROTOCOL_VERSION};
-
-/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
-/// does not spin.
-pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+use crate::net::accept::{accept_loop, AcceptStats};
+use crate::trust::{peer_chain, rejection_of, CertInfo, Direction, RejectReason, Rejection};
 
 /// Accept mesh connections until the task is dropped.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, directory: Arc<Directory>, timing: MeshTiming) {
-    let limit = Arc::new(Semaphore::new(timing.max_connections));
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "mesh accept failed");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.rejections.record(
-                remote,
-                Direction::Inbound,
-                &Rejection {
-                    reason: RejectReason::ConnectionLimit,
-                    presented_name: None,
-                    detail: format!("{} mesh connections already open", timing.max_connections),
-                },
-            );
-            continue;
-        };
-        let shared = shared.clone();
-        let directory = directory.clone();
-        actix_rt::spawn(async move {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, directory: Arc<Directory>, timing: MeshTiming) {
+    let stats = Arc::new(AcceptStats::default());
+    let refusing = shared.clone();
+    let refused = move |remote| {
+        refusing.rejections.record(
+            remote,
+            Direction::Inbound,
+            &Rejection {
+                reason: RejectReason::ConnectionLimit,
+                presented_name: None,
+                detail: format!("{} mesh connections already open", timing.max_connections),
+            },
+        )
+    };
+    let handle = move |tcp, remote, permit| {
+        let (shared, directory) = (shared.clone(), directory.clone());
+        async move {
             match tokio::time::timeout(timing.handshake_timeout, authenticate(tcp, remote, &shared, permit)).await {
                 Ok(Ok(est)) => deliver(est, &shared, &directory).await,
                 Ok(Err(rej)) => shared.rejections.record(remote, Direction::Inbound, &rej),
@@ -69,8 +56,9 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, directory: 
                     },
                 ),
             }
-        });
-    }
+        }
+    };
+    accept_loop(listener, "mesh", timing.max_connections, stats, refused, handle).await
 }
 
 async fn deliver(est: Established, shared: &Shared, directory: &Directory) {
@@ -113,12 +101,7 @@ async fn authenticate(
             detail: e.to_string(),
         })
     })?;
-    let peer_chain: Vec<_> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let peer_chain = peer_chain(tls.get_ref().1);
     let cert = peer_chain
         .first()
         .map(|c| CertInfo::parse(c))
@@ -134,23 +117,18 @@ async fn authenticate(
         })?;
     let presented = cert.presented_name();
     let mut framed = Framed::new(TlsStream::Server(tls), LinkCodec::default());
-    let hello = match framed.next().await {
-        Some(Ok(Frame::Hello(h))) => h,
-        Some(Ok(other)) => {
-            return Err(protocol(
-                presented,
-                format!("expected hello, got {}", frame_name(&other)),
-            ));
-        }
-        Some(Err(e)) => return Err(protocol(presented, e.to_string())),
-        None => return Err(protocol(presented, "closed before hello".into())),
-    };
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(protocol(
-            presented,
-            format!("mesh protocol {} (we speak {PROTOCOL_VERSION})", hello.protocol),
-        ));
-    }
+    let hello = read_hello(&mut framed).await.map_err(|e| {
+        protocol(
+            presented.clone(),
+            match e {
+                HelloError::Goaway(_) => "expected hello, got goaway".into(),
+                HelloError::Unexpected(kind) => format!("expected hello, got {kind}"),
+                HelloError::Frame(e) => e.to_string(),
+                HelloError::Closed => "closed before hello".into(),
+            },
+        )
+    })?;
+    check_protocol(&hello).map_err(|e| protocol(presented.clone(), e))?;
     let name = Fqdn::new(&hello.fqdn).map_err(|e| protocol(presented.clone(), format!("hello fqdn: {e}")))?;
     if !cert.dns_names.iter().any(|n| n == name.as_str()) {
         return Err(Rejection {
@@ -177,11 +155,7 @@ async fn authenticate(
     if name > shared.fqdn {
         // Tie-break: the lower FQDN dials. Tell the peer so it stops dialing
         // this way, and keep the pair at one connection.
-        let _ = framed
-            .send(Frame::Goaway {
-                reason: "wrong-direction".into(),
-            })
-            .await;
+        let _ = framed.send(Frame::goaway("wrong-direction")).await;
         return Err(protocol(
             Some(name.to_string()),
             format!("{name} dialled, but {} dials {name} (lower fqdn dials)", shared.fqdn),

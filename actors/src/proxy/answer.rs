@@ -1,5 +1,5 @@
 //! Every reason the proxy answers a request itself, mapped to its SIP status
-//! in one place.
+//! and headers in one place (authentication challenges included).
 
 use crate::sip::{Header, HeaderName, ParseError};
 
@@ -55,6 +55,24 @@ pub enum SipReject {
     /// Proxy-Require names extensions this proxy does not support.
     #[error("unsupported extensions {0:?}")]
     BadExtension(Vec<String>),
+    /// Credentials needed: 401 for REGISTER (the registrar asks), 407
+    /// otherwise (the proxy asks), with one challenge per algorithm offered.
+    #[error("authentication required")]
+    AuthRequired {
+        /// REGISTER: answered by the registrar with 401 / WWW-Authenticate.
+        registrar: bool,
+        /// The challenge values, most preferred first.
+        challenges: Vec<String>,
+    },
+    /// The Authorization header does not parse.
+    #[error("bad authorization: {0}")]
+    BadAuthorization(String),
+    /// No Digest users are configured and the connection proved no identity.
+    #[error("no digest users configured")]
+    NoDigestUsers,
+    /// Too many failed attempts from this source for this user.
+    #[error("too many failed authentication attempts")]
+    LockedOut,
 }
 
 impl SipReject {
@@ -75,6 +93,14 @@ impl SipReject {
             SipReject::Timeout => (408, "Request Timeout".into()),
             SipReject::UnsupportedScheme => (416, "Unsupported URI Scheme".into()),
             SipReject::BadExtension(_) => (420, "Bad Extension".into()),
+            SipReject::AuthRequired { registrar: true, .. } => (401, "Unauthorized".into()),
+            SipReject::AuthRequired { registrar: false, .. } => (407, "Proxy Authentication Required".into()),
+            SipReject::BadAuthorization(why) => (400, format!("Bad Authorization ({why})")),
+            SipReject::NoDigestUsers => (
+                403,
+                "Forbidden (no digest users configured; use a client certificate)".into(),
+            ),
+            SipReject::LockedOut => (403, "Forbidden (too many failed authentication attempts)".into()),
         }
     }
 
@@ -86,6 +112,14 @@ impl SipReject {
             }
             SipReject::IntervalTooBrief(min) => vec![Header::new(HeaderName::MinExpires, &min.to_string())],
             SipReject::BadExtension(options) => vec![Header::new(HeaderName::Unsupported, &options.join(", "))],
+            SipReject::AuthRequired { registrar, challenges } => {
+                let name = if *registrar {
+                    HeaderName::WwwAuthenticate
+                } else {
+                    HeaderName::ProxyAuthenticate
+                };
+                challenges.iter().map(|c| Header::new(name, c)).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -106,5 +140,29 @@ mod tests {
         assert_eq!(SipReject::PathDown("fe2".into()).headers()[0].value_str(), "5");
         assert_eq!(SipReject::IntervalTooBrief(60).headers()[0].value_str(), "60");
         assert_eq!(SipReject::DomainNotAllowed("fabrikam.test".into()).status().0, 403);
+    }
+
+    #[test]
+    fn authentication_answers() {
+        let ask = |registrar| SipReject::AuthRequired {
+            registrar,
+            challenges: vec!["Digest a".into(), "Digest b".into()],
+        };
+        assert_eq!(ask(true).status(), (401, "Unauthorized".into()));
+        assert_eq!(ask(false).status(), (407, "Proxy Authentication Required".into()));
+        let h = ask(true).headers();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].name, HeaderName::WwwAuthenticate);
+        assert_eq!(h[1].value_str(), "Digest b");
+        assert_eq!(ask(false).headers()[0].name, HeaderName::ProxyAuthenticate);
+        assert_eq!(
+            SipReject::BadAuthorization("missing nonce".into()).status(),
+            (400, "Bad Authorization (missing nonce)".into())
+        );
+        assert_eq!(SipReject::NoDigestUsers.status().0, 403);
+        assert_eq!(
+            SipReject::LockedOut.status(),
+            (403, "Forbidden (too many failed authentication attempts)".into())
+        );
     }
 }

@@ -12,29 +12,28 @@
 //! with jitter. A panic closes the mailbox instead of stopping the actor, which
 //! actix's supervisor cannot see: the node's watchdog replaces such a link.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::BytesMut;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use sipmesh_state::{Fqdn, TrustedServer};
-use std::collections::HashMap;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_rustls::TlsStream;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::Framed;
 
+use super::handshake::{check_protocol, our_hello, read_hello, Established, HelloError, LinkCodec, MeshFramed};
+use super::membership::{OfferTopology, TopologyOutcome};
+use super::status::{LinkState, LinkStatus, Shared};
+use super::wire::{self, Frame, FrameError};
+use super::SipSink;
 use crate::config::MeshTiming;
-use crate::node::{NodeActor, OfferTopology, TopologyOutcome};
-use crate::reject::{Direction, RejectReason, Rejection};
-use crate::status::{LinkState, LinkStatus, Shared};
-use crate::tls::CertInfo;
-use crate::wire::{self, Frame, FrameError, Hello, PROTOCOL_VERSION};
+use crate::trust::{peer_chain, rejection_of, CertInfo, Direction, RejectReason, Rejection};
 
 /// Frames queued for one link's writer (backpressure bound: a stuck peer
 /// makes senders fail fast instead of growing memory).
@@ -48,101 +47,6 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 
 /// Frames batched into one write before a flush.
 pub const WRITE_BATCH: usize = 64;
-
-/// The TLS stream under a mesh link, either side.
-pub type MeshStream = TlsStream<TcpStream>;
-
-/// A framed mesh stream.
-pub type MeshFramed = Framed<MeshStream, LinkCodec>;
-
-/// Frame codec that also counts frames and bytes into the link status.
-#[derive(Debug, Default)]
-pub struct LinkCodec {
-    stats: Option<Arc<LinkStatus>>,
-}
-
-impl Decoder for LinkCodec {
-    type Item = Frame;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        let before = src.len();
-        let frame = wire::decode(src)?;
-        if let (Some(_), Some(s)) = (&frame, &self.stats) {
-            s.frames_in.fetch_add(1, Ordering::Relaxed);
-            s.bytes_in.fetch_add((before - src.len()) as u64, Ordering::Relaxed);
-        }
-        Ok(frame)
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        match self.decode(src)? {
-            Some(f) => Ok(Some(f)),
-            None if src.is_empty() => Ok(None),
-            None => Err(FrameError::Truncated(src.len())),
-        }
-    }
-}
-
-impl Encoder<Frame> for LinkCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let before = dst.len();
-        wire::encode(&frame, dst)?;
-        if let Some(s) = &self.stats {
-            s.frames_out.fetch_add(1, Ordering::Relaxed);
-            s.bytes_out.fetch_add((dst.len() - before) as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// A connection that passed TLS, the trust checks and the peer's hello.
-pub struct Established {
-    /// The framed stream (may hold already-buffered frames).
-    pub framed: MeshFramed,
-    /// The peer's hello.
-    pub hello: Hello,
-    /// The peer's verified certificate.
-    pub peer_cert: CertInfo,
-    /// The peer's chain, kept to re-check the link after a reload.
-    pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Local socket address.
-    pub local: Option<SocketAddr>,
-    /// Remote socket address.
-    pub remote: SocketAddr,
-    /// Connection-limit permit, held as long as the session lives.
-    pub permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Established {
-    fn tls_facts(&self) -> (Option<String>, Option<String>) {
-        let conn: &rustls::CommonState = match self.framed.get_ref() {
-            TlsStream::Client(s) => s.get_ref().1,
-            TlsStream::Server(s) => s.get_ref().1,
-        };
-        let version = conn.protocol_version().map(|v| match v {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
-            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
-            other => format!("{other:?}"),
-        });
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .map(|c| c.suite().as_str().unwrap_or("unknown").to_owned());
-        (version, cipher)
-    }
-}
-
-/// Our hello, as sent on every new link.
-pub fn our_hello(shared: &Shared) -> Frame {
-    Frame::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        fqdn: shared.fqdn.to_string(),
-        topology_version: shared.topology.load().version,
-        features: 0,
-    })
-}
 
 /// Where the accept loop finds the actor for an authenticated peer.
 #[derive(Default)]
@@ -226,7 +130,8 @@ pub struct PeerLink {
     /// Set when the peer's certificate failed a re-check; sticky until a
     /// valid link comes up.
     distrust: Option<LinkState>,
-    node: Addr<NodeActor>,
+    node: Recipient<OfferTopology>,
+    sip: Arc<dyn SipSink>,
 }
 
 impl PeerLink {
@@ -236,7 +141,8 @@ impl PeerLink {
         shared: Arc<Shared>,
         status: Arc<LinkStatus>,
         timing: MeshTiming,
-        node: Addr<NodeActor>,
+        node: Recipient<OfferTopology>,
+        sip: Arc<dyn SipSink>,
     ) -> PeerLink {
         PeerLink {
             peer,
@@ -250,6 +156,7 @@ impl PeerLink {
             closing: false,
             distrust: None,
             node,
+            sip,
         }
     }
 
@@ -471,7 +378,7 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
         let tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
             Ok(tls) => tls,
             Err(e) => {
-                return Err(match crate::tls::rejection_of(&e) {
+                return Err(match rejection_of(&e) {
                     Some(rej) => {
                         shared.rejections.record(addr, Direction::Outbound, &rej);
                         format!("refused {addr}: {rej}")
@@ -480,12 +387,7 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
                 })
             }
         };
-        let peer_chain: Vec<_> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let peer_chain = peer_chain(tls.get_ref().1);
         let peer_cert = peer_chain
             .first()
             .ok_or("peer presented no certificate")
@@ -495,14 +397,13 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
             .send(our_hello(&shared))
             .await
             .map_err(|e| format!("sending hello: {e}"))?;
-        let hello = match framed.next().await {
-            Some(Ok(Frame::Hello(h))) => h,
-            Some(Ok(Frame::Goaway { reason })) => return Err(format!("peer refused the link: {reason}")),
-            Some(Ok(other)) => return Err(format!("peer sent {} before hello", frame_name(&other))),
+        let hello = read_hello(&mut framed).await.map_err(|e| match e {
+            HelloError::Goaway(reason) => format!("peer refused the link: {reason}"),
+            HelloError::Unexpected(kind) => format!("peer sent {kind} before hello"),
             // With TLS 1.3 a refusal of our certificate surfaces here, as an alert.
-            Some(Err(e)) => return Err(format!("peer closed during hello: {e}")),
-            None => return Err("peer closed the connection during hello".to_owned()),
-        };
+            HelloError::Frame(e) => format!("peer closed during hello: {e}"),
+            HelloError::Closed => "peer closed the connection during hello".to_owned(),
+        })?;
         if hello.fqdn != peer.fqdn.as_str() {
             let rej = Rejection {
                 reason: RejectReason::NameMismatch,
@@ -512,12 +413,7 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
             shared.rejections.record(addr, Direction::Outbound, &rej);
             return Err(rej.to_string());
         }
-        if hello.protocol != PROTOCOL_VERSION {
-            return Err(format!(
-                "peer speaks mesh protocol {}, we speak {PROTOCOL_VERSION}",
-                hello.protocol
-            ));
-        }
+        check_protocol(&hello).map_err(|e| format!("peer speaks {e}"))?;
         Ok(Established {
             framed,
             hello,
@@ -534,18 +430,6 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
             "handshake with {addr} not finished within {} ms",
             timeout.as_millis()
         )),
-    }
-}
-
-/// Short name of a frame kind, for messages.
-pub fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello(_) => "hello",
-        Frame::Ping { .. } => "ping",
-        Frame::Pong { .. } => "pong",
-        Frame::Goaway { .. } => "goaway",
-        Frame::Topology { .. } => "topology",
-        Frame::Sip { .. } => "sip",
     }
 }
 
@@ -597,14 +481,12 @@ impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
                     }
                 }
             }
-            Frame::Goaway { reason } => self.end_session(ctx, format!("peer sent goaway: {reason}")),
+            Frame::Goaway { reason } => {
+                self.end_session(ctx, format!("peer sent goaway: {}", wire::bounded_reason(&reason)))
+            }
             Frame::Hello(_) => self.end_session(ctx, "peer sent a second hello".to_owned()),
             Frame::Topology { document } => self.offer_topology(ctx, document),
-            Frame::Sip { message, meta } => {
-                if let Some(proxy) = self.shared.proxy.get() {
-                    proxy.from_mesh(&self.peer.fqdn, message, meta);
-                }
-            }
+            Frame::Sip { message, meta } => self.sip.relayed(&self.peer.fqdn, message, meta),
         }
     }
 
@@ -640,9 +522,7 @@ impl Handler<Shutdown> for PeerLink {
         self.closing = true;
         self.status.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = self.session.as_ref() {
-            let _ = s.tx.try_send(Frame::Goaway {
-                reason: msg.reason.to_owned(),
-            });
+            let _ = s.tx.try_send(Frame::goaway(msg.reason));
         }
         self.session = None;
         ctx.stop();
@@ -683,12 +563,7 @@ impl Handler<Recheck> for PeerLink {
             LinkState::Untrusted
         };
         self.distrust = Some(state);
-        self.send(
-            ctx,
-            Frame::Goaway {
-                reason: rej.reason.as_str().to_owned(),
-            },
-        );
+        self.send(ctx, Frame::goaway(rej.reason.as_str()));
         self.end_session_as(ctx, format!("peer certificate no longer trusted: {rej}"), state);
     }
 }

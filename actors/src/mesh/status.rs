@@ -1,4 +1,5 @@
-//! The node's shared, read-mostly view: link status, topology, rejections.
+//! The node's shared, read-mostly view ([`Shared`]): link status
+//! ([`LinkStatus`], the `ctl links` rows), topology, rejections.
 //!
 //! Actors write it, the debug socket and the accept loop read it without
 //! going through a mailbox. Counters are atomics; the rest sits behind short
@@ -14,8 +15,8 @@ use serde::Serialize;
 use sipmesh_state::{Fqdn, Role, Topology};
 use time::OffsetDateTime;
 
-use crate::reject::RejectionLog;
-use crate::tls::TlsConfigs;
+use super::wire::Frame;
+use crate::trust::{RejectionLog, TlsConfigs};
 
 /// Lifecycle state of one link; the text form is an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -89,7 +90,7 @@ pub struct LinkStatus {
     pub bytes_out: AtomicU64,
     /// The writer queue of the live session, for senders outside the link
     /// actor (the SIP proxy): one bounded queue, no mailbox hop.
-    pub sender: Mutex<Option<tokio::sync::mpsc::Sender<crate::wire::Frame>>>,
+    pub sender: Mutex<Option<tokio::sync::mpsc::Sender<Frame>>>,
 }
 
 /// Why a frame could not be queued on a link.
@@ -132,7 +133,7 @@ impl LinkStatus {
     }
 
     /// Queue a frame on the live session without waiting.
-    pub fn send_frame(&self, frame: crate::wire::Frame) -> Result<(), SendError> {
+    pub fn send_frame(&self, frame: Frame) -> Result<(), SendError> {
         let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SendError::Down)?;
         tx.try_send(frame).map_err(|e| match e {
@@ -278,8 +279,6 @@ pub struct Shared {
     pub tls_paths: crate::config::TlsPaths,
     /// Extra client-port certificates chosen by SNI (for reloads).
     pub sni_paths: Vec<(std::path::PathBuf, std::path::PathBuf)>,
-    /// The SIP proxy, set once at start (links hand it relayed messages).
-    pub proxy: std::sync::OnceLock<Arc<crate::proxy::Proxy>>,
 }
 
 impl Shared {

@@ -16,10 +16,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use sipmesh_state::{PublicKey, Store, Topology};
+use sipmesh_state::{Fqdn, PublicKey, Store, Topology, TopologyDiff};
 
+use super::status::Shared;
 use crate::config::NodeConfig;
-use crate::status::Shared;
 use crate::NodeError;
 
 /// The topology a node starts with and the signed document it came from.
@@ -231,7 +231,7 @@ pub struct TopologyReport {
     /// The topology in effect, as TOML.
     pub toml: String,
     /// Recently refused documents.
-    pub refusals: Vec<crate::status::TopologyRefusal>,
+    pub refusals: Vec<super::status::TopologyRefusal>,
 }
 
 impl Handler<GetTopology> for Membership {
@@ -255,4 +255,27 @@ impl Handler<GetTopology> for Membership {
                 .collect(),
         })
     }
+}
+
+/// A signed topology document offered by an operator (`from: None`) or a peer.
+#[derive(Message)]
+#[rtype(result = "Result<TopologyOutcome, Refused>")]
+pub struct OfferTopology {
+    /// The signed document.
+    pub document: String,
+    /// The peer it came from.
+    pub from: Option<Fqdn>,
+}
+
+/// What an accepted offer did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TopologyOutcome {
+    /// Version of the offered document.
+    pub offered: u64,
+    /// Version in effect now.
+    pub current: u64,
+    /// Whether it was applied (newer than what we held).
+    pub applied: bool,
+    /// The membership change it made.
+    pub diff: TopologyDiff,
 }

@@ -1,31 +1,18 @@
-//! NodeActor and [`run`]: start a node, supervise its links, shut it down.
+//! NodeActor: one per process; supervises one PeerLink per trusted peer and
+//! reacts to topology changes, reloads and shutdown.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use actix::prelude::*;
-use arc_swap::ArcSwap;
-use sipmesh_state::{Fqdn, Store, Topology, TopologyDiff, TrustedServer};
-use tokio::net::TcpListener;
+use sipmesh_state::{Fqdn, Topology, TopologyDiff, TrustedServer};
 
-use crate::config::{MeshTiming, NodeConfig};
-use crate::link::{self, Directory, PeerLink, SendTopology};
-use crate::membership::{self, Membership, Offer, Offered, Refused};
-use crate::status::{LinkStatus, Shared};
-use crate::tls::{TlsConfigs, TlsMaterial};
-use crate::{debug, listener, NodeError};
-
-/// Time given to goaway frames to leave before the process exits.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
-
-/// Store file inside the data directory.
-pub const STORE_FILE: &str = "sipmesh.redb";
-
-/// Environment variable that enables fault injection commands on the debug
-/// socket (tests of supervision only).
-pub const FAULT_INJECTION_ENV: &str = "SIPMESH_FAULT_INJECTION";
+use super::link::{self, Directory, PeerLink, SendTopology};
+use super::membership::{Membership, Offer, OfferTopology, Offered, Refused, TopologyOutcome};
+use super::status::{LinkState, LinkStatus, Shared};
+use super::SipSink;
+use crate::config::MeshTiming;
+use crate::trust::{TlsConfigs, TlsMaterial};
 
 /// The per-process actor: owns the links and replaces dead ones.
 pub struct NodeActor {
@@ -34,10 +21,30 @@ pub struct NodeActor {
     directory: Arc<Directory>,
     links: BTreeMap<Fqdn, (TrustedServer, Addr<PeerLink>)>,
     membership: Addr<Membership>,
+    sip: Arc<dyn SipSink>,
     closing: bool,
 }
 
 impl NodeActor {
+    /// A node actor over `shared`; links it starts hand relayed SIP to `sip`.
+    pub fn new(
+        shared: Arc<Shared>,
+        timing: MeshTiming,
+        directory: Arc<Directory>,
+        membership: Addr<Membership>,
+        sip: Arc<dyn SipSink>,
+    ) -> NodeActor {
+        NodeActor {
+            shared,
+            timing,
+            directory,
+            links: BTreeMap::new(),
+            membership,
+            sip,
+            closing: false,
+        }
+    }
+
     fn spawn_link(&mut self, member: TrustedServer, ctx: &mut Context<Self>) {
         let status = {
             let mut links = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
@@ -46,8 +53,9 @@ impl NodeActor {
                 .or_insert_with(|| Arc::new(LinkStatus::new(member.fqdn.clone(), self.shared.fqdn < member.fqdn)))
                 .clone()
         };
-        let (shared, timing, m, node) = (self.shared.clone(), self.timing, member.clone(), ctx.address());
-        let addr = Supervisor::start(move |_| PeerLink::new(m, shared, status, timing, node));
+        let (shared, timing, m) = (self.shared.clone(), self.timing, member.clone());
+        let (node, sip) = (ctx.address().recipient(), self.sip.clone());
+        let addr = Supervisor::start(move |_| PeerLink::new(m, shared, status, timing, node, sip));
         self.directory.insert(member.fqdn.clone(), addr.clone());
         self.links.insert(member.fqdn.clone(), (member, addr));
     }
@@ -68,7 +76,7 @@ impl NodeActor {
             if let Some(status) = self.shared.link(member.fqdn.as_str()) {
                 status.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 status.update(|i| i.last_error = Some("link actor died; replaced by the node watchdog".into()));
-                status.set_state(crate::status::LinkState::Down);
+                status.set_state(LinkState::Down);
             }
             tracing::error!(peer = %member.fqdn, "link actor died; restarting it");
             self.spawn_link(member, ctx);
@@ -169,29 +177,6 @@ impl Handler<ShutdownNode> for NodeActor {
             }),
         )
     }
-}
-
-/// A signed topology document offered by an operator (`from: None`) or a peer.
-#[derive(Message)]
-#[rtype(result = "Result<TopologyOutcome, Refused>")]
-pub struct OfferTopology {
-    /// The signed document.
-    pub document: String,
-    /// The peer it came from.
-    pub from: Option<Fqdn>,
-}
-
-/// What an accepted offer did.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct TopologyOutcome {
-    /// Version of the offered document.
-    pub offered: u64,
-    /// Version in effect now.
-    pub current: u64,
-    /// Whether it was applied (newer than what we held).
-    pub applied: bool,
-    /// The membership change it made.
-    pub diff: TopologyDiff,
 }
 
 impl Handler<OfferTopology> for NodeActor {
@@ -303,142 +288,4 @@ impl Handler<InjectPanic> for NodeActor {
             .ok_or_else(|| format!("no link to {:?}", msg.peer))?;
         addr.try_send(link::Panic).map_err(|e| e.to_string())
     }
-}
-
-/// Handles the debug server needs.
-#[derive(Clone)]
-pub struct NodeHandle {
-    /// Shared read-mostly view.
-    pub shared: Arc<Shared>,
-    /// The node actor.
-    pub node: Addr<NodeActor>,
-    /// The membership actor.
-    pub membership: Addr<Membership>,
-    /// Whether fault-injection commands are allowed.
-    pub faults: bool,
-    /// Changes the log filter at run time (`ctl log-level`), when the binary provides it.
-    pub set_log_level: Option<LogLevelHook>,
-}
-
-/// Sets the process's log filter (a `RUST_LOG`-style directive); returns the
-/// filter now in effect.
-pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
-
-async fn reload_on_sighup(node: Addr<NodeActor>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot install the SIGHUP handler; use `sipmesh ctl ... reload`");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match node.send(Reload).await {
-            Ok(Ok(r)) => tracing::info!(serial = %r.cert_serial, "reloaded on SIGHUP"),
-            Ok(Err(e)) => tracing::error!(error = %e, "reload on SIGHUP failed; the previous material stays in effect"),
-            Err(_) => return,
-        }
-    }
-}
-
-/// Run a node until `shutdown` resolves. Must be called inside an actix
-/// `System` (the binary uses `actix_rt::System::new().block_on`).
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    run_with(config, shutdown, None).await
-}
-
-/// [`run`] with a hook that changes the log filter at run time.
-pub async fn run_with(
-    config: NodeConfig,
-    shutdown: impl Future<Output = ()>,
-    set_log_level: Option<LogLevelHook>,
-) -> Result<(), NodeError> {
-    let started = Instant::now();
-    let store = Arc::new(Store::open(&config.data_dir.join(STORE_FILE))?);
-    let initial = membership::initial_topology(&config, &store)?;
-    let me = initial
-        .topology
-        .member(config.fqdn.as_str())
-        .cloned()
-        .expect("initial_topology checked membership");
-    let topology = Arc::new(ArcSwap::from_pointee(initial.topology));
-    let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?.with_sni(&config.sip.certs)?;
-    let tls = TlsConfigs::build(&material, topology.clone())?;
-    let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
-    let mesh = TcpListener::bind(mesh_addr).await.map_err(|cause| NodeError::Bind {
-        what: "mesh",
-        addr: mesh_addr,
-        cause,
-    })?;
-    let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
-    let client_addr = config.client_listen.unwrap_or(me.client_addr);
-    let client = TcpListener::bind(client_addr).await.map_err(|cause| NodeError::Bind {
-        what: "sip clients",
-        addr: client_addr,
-        cause,
-    })?;
-    let client_addr = client.local_addr().unwrap_or(client_addr);
-    let debug_listener = debug::bind(&config.debug_socket)?;
-    let shared = Arc::new(Shared {
-        fqdn: config.fqdn.clone(),
-        role: me.role,
-        started,
-        topology,
-        tls: ArcSwap::from_pointee(tls),
-        links: RwLock::new(BTreeMap::new()),
-        rejections: Default::default(),
-        mesh_addr,
-        topology_doc: arc_swap::ArcSwapOption::from(initial.document.map(Arc::new)),
-        topology_key: initial.key,
-        topology_refusals: Default::default(),
-        tls_paths: config.tls.clone(),
-        sni_paths: config.sip.certs.clone(),
-        proxy: Default::default(),
-    });
-    let proxy =
-        Arc::new(crate::proxy::Proxy::new(shared.clone(), config.sip.clone(), store.clone()).map_err(NodeError::Sip)?);
-    *proxy.client_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(client_addr);
-    let _ = shared.proxy.set(proxy.clone());
-    let membership = Membership::new(store.clone(), shared.clone()).start();
-    let directory = Arc::new(Directory::default());
-    let node = NodeActor {
-        shared: shared.clone(),
-        timing: config.mesh,
-        directory: directory.clone(),
-        links: BTreeMap::new(),
-        membership: membership.clone(),
-        closing: false,
-    }
-    .start();
-    let sighup = actix_rt::spawn(reload_on_sighup(node.clone()));
-    let accept = actix_rt::spawn(listener::accept_loop(mesh, shared.clone(), directory, config.mesh));
-    let clients = actix_rt::spawn(crate::proxy::client::accept_loop(
-        client,
-        proxy.clone(),
-        shared.clone(),
-        config.sip.clone(),
-    ));
-    let handle = NodeHandle {
-        shared: shared.clone(),
-        node: node.clone(),
-        membership,
-        faults: std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1"),
-        set_log_level,
-    };
-    let debug_task = actix_rt::spawn(debug::serve(debug_listener, handle));
-    tracing::info!(
-        fqdn = %shared.fqdn,
-        mesh = %mesh_addr,
-        client = %client_addr,
-        debug_socket = %config.debug_socket.display(),
-        topology_version = shared.topology.load().version,
-        "node running"
-    );
-    shutdown.await;
-    tracing::info!(fqdn = %shared.fqdn, "shutting down");
-    accept.abort();
-    clients.abort();
-    sighup.abort();
-    let _ = node.send(ShutdownNode).await;
-    tokio::time::sleep(SHUTDOWN_GRACE).await;
-    debug_task.abort();
-    let _ = std::fs::remove_file(&config.debug_socket);
-    Ok(())
 }

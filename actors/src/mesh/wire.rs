@@ -5,13 +5,12 @@
 //! [`MAX_FRAME_LEN`] before anything is allocated, so a peer cannot make us
 //! reserve memory by announcing a huge frame.
 //!
-//! [`FrameCodec`] implements `tokio_util::codec::{Decoder, Encoder}`; the
-//! decoder returns `Ok(None)` while a frame is incomplete and `Err` only for a
-//! malformed one, after which the connection must be closed.
+//! [`decode`] returns `Ok(None)` while a frame is incomplete and `Err` only
+//! for a malformed one, after which the connection must be closed; the link's
+//! `tokio_util` codec (`handshake::LinkCodec`) wraps it.
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
-use tokio_util::codec::{Decoder, Encoder};
 
 /// Largest frame payload accepted or sent (DoS bound: one SIP message with
 /// headroom; a frame is buffered whole before it is decoded).
@@ -200,40 +199,47 @@ impl std::io::Write for BytesMutWriter<'_> {
     }
 }
 
-/// `tokio_util` codec over [`decode`] / [`encode`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FrameCodec;
-
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        decode(src)
+/// [`decode`] at the end of the stream: bytes left over that do not make a
+/// whole frame are an error, not "need more".
+pub fn decode_eof(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    match decode(buf)? {
+        Some(frame) => Ok(Some(frame)),
+        None if buf.is_empty() => Ok(None),
+        None => Err(FrameError::Truncated(buf.len())),
     }
+}
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        match decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(FrameError::Truncated(src.len())),
+/// `reason` cut to [`MAX_GOAWAY_REASON`] bytes (at a character boundary):
+/// applied to goaways we send and to those we receive before keeping them.
+pub fn bounded_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_GOAWAY_REASON {
+        return reason;
+    }
+    let mut end = MAX_GOAWAY_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+impl Frame {
+    /// A goaway with its reason bounded.
+    pub fn goaway(reason: &str) -> Frame {
+        Frame::Goaway {
+            reason: bounded_reason(reason).to_owned(),
         }
     }
-}
 
-impl Encoder<Frame> for FrameCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode(&frame, dst)
-    }
-}
-
-impl Encoder<&Frame> for FrameCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        encode(frame, dst)
+    /// Short name of the frame kind, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "hello",
+            Frame::Ping { .. } => "ping",
+            Frame::Pong { .. } => "pong",
+            Frame::Goaway { .. } => "goaway",
+            Frame::Topology { .. } => "topology",
+            Frame::Sip { .. } => "sip",
+        }
     }
 }
 
@@ -338,15 +344,14 @@ mod tests {
 
     #[test]
     fn truncated_at_eof() {
-        let mut codec = FrameCodec;
         let bytes = encode_to_vec(&hello()).unwrap();
         let mut buf = BytesMut::from(&bytes[..bytes.len() - 1]);
         assert!(matches!(
-            codec.decode_eof(&mut buf),
+            decode_eof(&mut buf),
             Err(FrameError::Truncated(n)) if n == bytes.len() - 1
         ));
         let mut empty = BytesMut::new();
-        assert!(codec.decode_eof(&mut empty).unwrap().is_none());
+        assert!(decode_eof(&mut empty).unwrap().is_none());
     }
 
     #[test]
@@ -357,5 +362,20 @@ mod tests {
         let mut buf = BytesMut::from(&b"keep"[..]);
         assert!(matches!(encode(&frame, &mut buf), Err(FrameError::TooLarge { .. })));
         assert_eq!(&buf[..], b"keep");
+    }
+
+    #[test]
+    fn goaway_reasons_are_bounded_at_a_char_boundary() {
+        assert_eq!(bounded_reason("shutdown"), "shutdown");
+        let long = "é".repeat(MAX_GOAWAY_REASON);
+        let cut = bounded_reason(&long);
+        assert_eq!(cut.len(), MAX_GOAWAY_REASON);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("x{}", "é".repeat(MAX_GOAWAY_REASON));
+        assert_eq!(bounded_reason(&odd).len(), MAX_GOAWAY_REASON - 1);
+        match Frame::goaway(&"r".repeat(10_000)) {
+            Frame::Goaway { reason } => assert_eq!(reason.len(), MAX_GOAWAY_REASON),
+            other => panic!("{other:?}"),
+        }
     }
 }

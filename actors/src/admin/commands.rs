@@ -1,0 +1,287 @@
+//! The debug socket's commands: a request line parsed into a typed
+//! [`Command`] (unknown commands and missing arguments refused with the
+//! texts scripts know), and the answer of each.
+
+use serde_json::{json, Value};
+
+use super::NodeHandle;
+use crate::mesh::membership::{GetTopology, OfferTopology};
+use crate::mesh::node::{InjectPanic, Reload};
+use crate::mesh::status::LinkState;
+
+/// Default horizon of `check` for expiring certificates.
+pub const DEFAULT_CHECK_DAYS: u64 = 30;
+
+/// The command list shown by `help`.
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "links",
+    "members",
+    "rejections",
+    "topology",
+    "registrations",
+    "publish",
+    "reload",
+    "check",
+    "log-level",
+    "help",
+];
+
+/// One request on the debug socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// `status`.
+    Status,
+    /// `links`.
+    Links,
+    /// `members`.
+    Members,
+    /// `rejections`.
+    Rejections,
+    /// `topology`.
+    Topology,
+    /// `publish` with a signed document.
+    Publish {
+        /// The signed topology.
+        document: String,
+    },
+    /// `reload`.
+    Reload,
+    /// `check` with its horizon in days.
+    Check {
+        /// Certificates expiring within this many days are problems.
+        days: u64,
+    },
+    /// `registrations`.
+    Registrations,
+    /// `log-level` with a `RUST_LOG` directive.
+    LogLevel {
+        /// The directive.
+        level: String,
+    },
+    /// `help`.
+    Help,
+    /// `fault` (only honoured with fault injection enabled).
+    Fault {
+        /// The peer whose link actor should panic.
+        panic_link: String,
+    },
+}
+
+fn string_arg(request: &Value, key: &str, missing: &str) -> Result<String, String> {
+    request
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| missing.to_owned())
+}
+
+impl Command {
+    /// Parse a request line: a JSON object `{"cmd": ...}` or the bare word.
+    /// `faults`: whether `fault` is a known command in this process.
+    pub fn parse(line: &str, faults: bool) -> Result<Command, String> {
+        let request: Value = if line.trim_start().starts_with('{') {
+            serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?
+        } else {
+            json!({ "cmd": line.trim() })
+        };
+        let cmd = request
+            .get("cmd")
+            .and_then(Value::as_str)
+            .ok_or("bad request: missing \"cmd\"")?;
+        Ok(match cmd {
+            "status" => Command::Status,
+            "links" => Command::Links,
+            "members" => Command::Members,
+            "rejections" => Command::Rejections,
+            "topology" => Command::Topology,
+            "publish" => Command::Publish {
+                document: string_arg(&request, "document", "publish: missing \"document\"")?,
+            },
+            "reload" => Command::Reload,
+            "check" => Command::Check {
+                days: request
+                    .get("days")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(DEFAULT_CHECK_DAYS),
+            },
+            "registrations" => Command::Registrations,
+            "log-level" => Command::LogLevel {
+                level: string_arg(
+                    &request,
+                    "level",
+                    "log-level: missing \"level\" (e.g. \"info\", \"debug\", \"sipmesh_actors::proxy=trace\")",
+                )?,
+            },
+            "help" => Command::Help,
+            "fault" if faults => Command::Fault {
+                panic_link: string_arg(&request, "panic_link", "fault: missing \"panic_link\"")?,
+            },
+            other => return Err(format!("unknown command {other:?} (commands: {})", COMMANDS.join(", "))),
+        })
+    }
+}
+
+/// Answer one request line.
+pub async fn answer(line: &str, node: &NodeHandle) -> Result<Value, String> {
+    execute(Command::parse(line, node.faults)?, node).await
+}
+
+async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
+    let shared = &node.shared;
+    match command {
+        Command::Status => {
+            let rows = shared.link_rows();
+            Ok(json!({
+                "fqdn": shared.fqdn.as_str(),
+                "role": shared.role.as_str(),
+                "topology_version": shared.topology.load().version,
+                "links_up": rows.iter().filter(|r| r.state == LinkState::Up).count(),
+                "links_total": rows.len(),
+                "uptime_s": shared.started.elapsed().as_secs(),
+                "pid": std::process::id(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "mesh_addr": shared.mesh_addr.to_string(),
+                "client_addr": node.proxy.client_addr().to_string(),
+                "rejections": shared.rejections.totals(),
+                "sip": node.proxy.stats(),
+            }))
+        }
+        Command::Links => serde_json::to_value(shared.link_rows()).map_err(|e| e.to_string()),
+        Command::Members => {
+            let t = shared.topology.load();
+            Ok(Value::Array(
+                t.members
+                    .iter()
+                    .map(|m| {
+                        let version = if m.fqdn == shared.fqdn {
+                            Some(t.version)
+                        } else {
+                            shared
+                                .link(m.fqdn.as_str())
+                                .and_then(|l| l.update(|i| i.peer_topology_version))
+                        };
+                        json!({
+                            "topology_version": version,
+                            "up_to_date": version == Some(t.version),
+                            "fqdn": m.fqdn.as_str(),
+                            "role": m.role.as_str(),
+                            "mesh_addr": m.mesh_addr.to_string(),
+                            "client_addr": m.client_addr.to_string(),
+                            "pool": m.pool.as_ref().map(|p| p.as_str()),
+                            "self": m.fqdn == shared.fqdn,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        Command::Rejections => serde_json::to_value(shared.rejections.recent()).map_err(|e| e.to_string()),
+        Command::Topology => {
+            let report = node
+                .membership
+                .send(GetTopology)
+                .await
+                .map_err(|e| format!("membership unavailable: {e}"))??;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+        Command::Publish { document } => {
+            let outcome = node
+                .node
+                .send(OfferTopology { document, from: None })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|r| r.to_string())?;
+            serde_json::to_value(outcome).map_err(|e| e.to_string())
+        }
+        Command::Reload => {
+            let report = node.node.send(Reload).await.map_err(|e| e.to_string())??;
+            serde_json::to_value(report).map_err(|e| e.to_string())
+        }
+        Command::Check { days } => Ok(super::check::check(shared, days)),
+        Command::Registrations => {
+            let now = crate::clock::now_secs();
+            let rows = node.proxy.registrar.all(now).map_err(|e| e.to_string())?;
+            Ok(Value::Array(
+                rows.iter()
+                    .map(|b| {
+                        json!({
+                            "aor": b.aor,
+                            "contact": b.contact,
+                            "home_node": shared.fqdn.as_str(),
+                            "flow_node": b.flow_node,
+                            "flow_id": b.flow_id,
+                            "expires_in": b.expires_in(now),
+                        })
+                    })
+                    .collect(),
+            ))
+        }
+        Command::LogLevel { level } => {
+            let hook = node
+                .set_log_level
+                .as_ref()
+                .ok_or("this process cannot change its log level")?;
+            hook(&level).map(|now| json!({ "level": now }))
+        }
+        Command::Help => Ok(json!(COMMANDS)),
+        Command::Fault { panic_link } => {
+            node.node
+                .send(InjectPanic {
+                    peer: panic_link.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(json!({ "panicked": panic_link }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_into_commands() {
+        assert_eq!(Command::parse("status", false), Ok(Command::Status));
+        assert_eq!(Command::parse(" links \n", false), Ok(Command::Links));
+        assert_eq!(
+            Command::parse(r#"{"cmd":"check"}"#, false),
+            Ok(Command::Check { days: 30 })
+        );
+        assert_eq!(
+            Command::parse(r#"{"cmd":"check","days":7}"#, false),
+            Ok(Command::Check { days: 7 })
+        );
+        assert_eq!(
+            Command::parse(r#"{"cmd":"publish","document":"D"}"#, false),
+            Ok(Command::Publish { document: "D".into() })
+        );
+        assert_eq!(
+            Command::parse(r#"{"cmd":"fault","panic_link":"fe2.contoso.test"}"#, true),
+            Ok(Command::Fault {
+                panic_link: "fe2.contoso.test".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_their_reason() {
+        assert_eq!(
+            Command::parse(r#"{"cmd":"publish"}"#, false),
+            Err("publish: missing \"document\"".to_owned())
+        );
+        assert_eq!(
+            Command::parse(r#"{"nocmd":1}"#, false),
+            Err("bad request: missing \"cmd\"".to_owned())
+        );
+        assert!(Command::parse("{broken", false)
+            .unwrap_err()
+            .starts_with("bad request: "));
+        let unknown = Command::parse("fault", false).unwrap_err();
+        assert!(
+            unknown.starts_with("unknown command \"fault\" (commands: status, links,"),
+            "{unknown}"
+        );
+    }
+}

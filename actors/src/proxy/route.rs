@@ -1,0 +1,292 @@
+//! Routing as a pure function: a request and a [`RoutingView`] of the node
+//! (who we are, the topology, live links, users, bindings) give the next hop,
+//! a local answer, or a [`SipReject`]. No sockets, no clocks, no locks: the
+//! proxy supplies the view, and the tests below supply a table.
+//!
+//! - [`check_request`]: RFC 3261 §16.3 checks before authentication (416,
+//!   483, 420).
+//! - [`by_request`]: the Route set (loose routing: pop our own entries,
+//!   remembering the flow of the last), then the Request-URI (REGISTER to the
+//!   AOR's home, requests for the domain or a node, users to their home).
+//! - [`at_home`]: at the home node: REGISTER is stored here, a user's binding
+//!   retargets the request to the node holding the flow.
+//! - [`record_route`], [`loop_hash`], [`is_loop`]: what the proxy adds to a
+//!   forwarded request.
+
+use sipmesh_state::{Binding, Fqdn};
+
+use super::answer::SipReject;
+use super::flows::FlowId;
+use super::home::fnv1a;
+use super::Source;
+use crate::mesh::wire::MeshRoute;
+use crate::sip::{Header, HeaderName, Host, Method, SipMessage, SipUri, StartLine};
+
+/// Where a request goes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    /// A client connection on this node.
+    Flow(FlowId),
+    /// A peer node, with what it should do with the request.
+    Mesh(Fqdn, MeshRoute),
+}
+
+/// A request this node answers itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// Store a REGISTER here (this node is the AOR's home); the client's
+    /// connection is flow `flow_id` at `flow_node`.
+    Register {
+        /// The node holding the client's connection.
+        flow_node: String,
+        /// Its flow there.
+        flow_id: FlowId,
+    },
+    /// OPTIONS addressed to this node or the domain.
+    Options,
+}
+
+/// The outcome of routing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// Forward.
+    Next(NextHop),
+    /// Answer here.
+    Local(Local),
+}
+
+/// What routing needs to know about the node, read-only.
+pub trait RoutingView {
+    /// This node.
+    fn me(&self) -> &Fqdn;
+    /// The SIP domain served.
+    fn domain(&self) -> &str;
+    /// Whether `host:port` addresses this node (its FQDN or its client address).
+    fn is_me(&self, host: &Host, port: Option<u16>) -> bool;
+    /// The topology member named `host`, if any.
+    fn member(&self, host: &Host) -> Option<Fqdn>;
+    /// The home node of `aor` among the up front-ends.
+    fn home_of(&self, aor: &str) -> Option<Fqdn>;
+    /// Whether `user` is a user of the domain.
+    fn is_local_user(&self, user: &str) -> bool;
+    /// The binding to deliver a request for `aor` to (this node is its home).
+    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject>;
+}
+
+fn request_uri(msg: &SipMessage) -> Result<SipUri, SipReject> {
+    match &msg.start {
+        StartLine::Request { uri, .. } => SipUri::parse(uri).map_err(SipReject::Malformed),
+        StartLine::Response { .. } => Err(SipReject::BadRequest("Not A Request".into())),
+    }
+}
+
+fn is_domain(view: &impl RoutingView, host: &Host) -> bool {
+    matches!(host, Host::Domain(d) if d == view.domain())
+}
+
+/// RFC 3261 §16.3 validation that comes before authentication: URI scheme,
+/// Max-Forwards, Proxy-Require.
+pub fn check_request(msg: &SipMessage, view: &impl RoutingView) -> Result<(), SipReject> {
+    if let StartLine::Request { uri, .. } = &msg.start {
+        let scheme = uri.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if scheme != "sip" && scheme != "sips" {
+            return Err(SipReject::UnsupportedScheme);
+        }
+    }
+    if msg.max_forwards().map_err(SipReject::Malformed)? == Some(0) {
+        // Only an OPTIONS addressed to this node itself may still be answered.
+        let to_me = request_uri(msg)
+            .is_ok_and(|u| u.user.is_none() && (view.is_me(&u.host, u.port) || is_domain(view, &u.host)));
+        if !(to_me && msg.method() == Some(&Method::Options)) {
+            return Err(SipReject::TooManyHops);
+        }
+    }
+    let required: Vec<String> = msg
+        .values(HeaderName::ProxyRequire)
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if !required.is_empty() {
+        return Err(SipReject::BadExtension(required));
+    }
+    Ok(())
+}
+
+/// The next hop of a request from its Route set and Request-URI; pops the
+/// Route entries that name this node.
+pub fn by_request(
+    msg: &mut SipMessage,
+    source: &Source,
+    identity: Option<&str>,
+    view: &impl RoutingView,
+) -> Result<Routed, SipReject> {
+    // Loose routing: pop our own entries, remembering the flow of the last one.
+    let mut popped_flow = None;
+    loop {
+        let routes = msg.routes().map_err(SipReject::Malformed)?;
+        let Some(top) = routes.first() else { break };
+        let Some(uri) = &top.uri else {
+            return Err(SipReject::BadRequest("Bad Route".into()));
+        };
+        if view.is_me(&uri.host, uri.port) {
+            popped_flow = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok());
+            msg.remove_first(HeaderName::Route);
+            continue;
+        }
+        if let Some(member) = view.member(&uri.host) {
+            return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
+        }
+        return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
+    }
+    if let Some(flow) = popped_flow {
+        // The last entry we popped names the flow on our side of the dialog.
+        if *source != Source::Flow(flow) {
+            return Ok(Routed::Next(NextHop::Flow(flow)));
+        }
+    }
+    let ruri = request_uri(msg)?;
+    if msg.method() == Some(&Method::Register) {
+        // Bindings live at the home of the AOR being registered (To).
+        let aor = msg
+            .to_hdr()
+            .ok()
+            .and_then(|t| t.uri.map(|u| u.aor()))
+            .ok_or(SipReject::BadRequest("Bad To".into()))?;
+        let home = view.home_of(&aor).ok_or(SipReject::Unavailable)?;
+        if &home == view.me() {
+            return at_home(msg, source, identity, None, view);
+        }
+        let flow = match source {
+            Source::Flow(f) => Some(*f),
+            Source::Mesh(_) => None,
+        };
+        return Ok(Routed::Next(NextHop::Mesh(home, MeshRoute::Home { flow })));
+    }
+    if ruri.user.is_none() {
+        if view.is_me(&ruri.host, ruri.port) || is_domain(view, &ruri.host) {
+            return at_home(msg, source, identity, None, view);
+        }
+        if let Some(member) = view.member(&ruri.host) {
+            return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Home { flow: None })));
+        }
+    }
+    if !is_domain(view, &ruri.host) {
+        return Err(SipReject::DomainNotAllowed(ruri.host.to_string()));
+    }
+    if !view.is_local_user(ruri.user.as_deref().unwrap_or_default()) {
+        return Err(SipReject::NotFound);
+    }
+    let home = view.home_of(&ruri.aor()).ok_or(SipReject::Unavailable)?;
+    if &home == view.me() {
+        return at_home(msg, source, identity, None, view);
+    }
+    Ok(Routed::Next(NextHop::Mesh(home, MeshRoute::Home { flow: None })))
+}
+
+/// This node is the home of the request's target (or the request is for the
+/// node or the domain itself). `register_flow`: the flow a relayed REGISTER
+/// came in on at the relaying node. Retargets the Request-URI to the binding.
+pub fn at_home(
+    msg: &mut SipMessage,
+    source: &Source,
+    identity: Option<&str>,
+    register_flow: Option<FlowId>,
+    view: &impl RoutingView,
+) -> Result<Routed, SipReject> {
+    let ruri = request_uri(msg)?;
+    let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
+    if method == Method::Register {
+        let (flow_node, flow_id) = match (source, register_flow) {
+            (Source::Flow(f), _) => (view.me().to_string(), *f),
+            (Source::Mesh(peer), Some(f)) => (peer.to_string(), f),
+            (Source::Mesh(_), None) => return Err(SipReject::BadRequest("REGISTER Without A Flow".into())),
+        };
+        if identity.is_none() {
+            return Err(SipReject::Forbidden("unauthenticated REGISTER".into()));
+        }
+        return Ok(Routed::Local(Local::Register { flow_node, flow_id }));
+    }
+    let Some(user) = ruri.user.as_deref() else {
+        return match method {
+            Method::Options => Ok(Routed::Local(Local::Options)),
+            _ => Err(SipReject::NotFound),
+        };
+    };
+    if !is_domain(view, &ruri.host) {
+        return Err(SipReject::DomainNotAllowed(ruri.host.to_string()));
+    }
+    if !view.is_local_user(user) {
+        return Err(SipReject::NotFound);
+    }
+    let binding = view.binding(&ruri.aor())?.ok_or(SipReject::Unavailable)?;
+    // Retarget to the registered contact.
+    if let StartLine::Request { uri, .. } = &mut msg.start {
+        *uri = binding.contact.clone();
+    }
+    if binding.flow_node == view.me().as_str() {
+        Ok(Routed::Next(NextHop::Flow(binding.flow_id)))
+    } else {
+        let node = Fqdn::new(&binding.flow_node).map_err(|_| SipReject::Unavailable)?;
+        Ok(Routed::Next(NextHop::Mesh(node, MeshRoute::Flow(binding.flow_id))))
+    }
+}
+
+/// Record-Route a dialog-creating request (INVITE or SUBSCRIBE outside a
+/// dialog) at the nodes holding the flows: one entry naming the flow on our
+/// side, two when both ends are on this node.
+pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, me: &Fqdn) {
+    let dialog_creating = matches!(msg.method(), Some(Method::Invite | Method::Subscribe))
+        && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
+    if !dialog_creating {
+        return;
+    }
+    let rr_flow = match (source, next) {
+        (Source::Flow(f), _) => Some(*f),
+        (_, NextHop::Flow(f)) => Some(*f),
+        _ => None,
+    };
+    if let Some(f) = rr_flow {
+        msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={f}>")));
+    }
+    if let (Source::Flow(a), NextHop::Flow(b)) = (source, next) {
+        if a != b {
+            msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={b}>")));
+        }
+    }
+}
+
+/// Hash for loop detection over what identifies the request at this hop
+/// (only ever compared by the node that computed it).
+pub fn loop_hash(msg: &SipMessage) -> String {
+    let uri = match &msg.start {
+        StartLine::Request { uri, .. } => uri.as_str(),
+        StartLine::Response { .. } => "",
+    };
+    let from_tag = msg
+        .from_hdr()
+        .ok()
+        .and_then(|f| f.tag().map(str::to_owned))
+        .unwrap_or_default();
+    let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+    let call_id = msg.call_id().unwrap_or("");
+    let h = fnv1a(&[
+        uri.as_bytes(),
+        call_id.as_bytes(),
+        from_tag.as_bytes(),
+        &cseq.to_be_bytes(),
+    ]);
+    format!("{h:016x}")
+}
+
+/// Whether this node already forwarded the request unchanged (a Via of ours
+/// carries the same loop hash).
+pub fn is_loop(msg: &SipMessage, me: &Fqdn, hash: &str) -> bool {
+    msg.vias().is_ok_and(|vias| {
+        vias.iter()
+            .any(|v| v.host == me.as_str() && v.param("sm") == Some(Some(hash)))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,102 @@
+//! Sending: to a client flow, to a peer over the mesh, answers of our own
+//! (counted per method and status), and errors answered through
+//! [`SipReject`].
+
+use super::answer::SipReject;
+use super::route::NextHop;
+use super::{server_key, to_tag, Origin, Proxy, Source, SERVER};
+use crate::mesh::status::SendError;
+use crate::mesh::wire::{Frame, MeshRoute, SipMeta};
+use crate::sip::{Header, HeaderName, Method, SipMessage};
+use sipmesh_state::Fqdn;
+
+impl Proxy {
+    pub(super) fn send_to_source(&self, source: &Source, msg: &SipMessage) {
+        match source {
+            Source::Flow(id) => {
+                if let Some(flow) = self.flows.get(*id) {
+                    if !flow.send(msg.to_bytes()) {
+                        tracing::debug!(flow = id, "client queue full; response dropped");
+                    }
+                }
+            }
+            Source::Mesh(peer) => {
+                let _ = self.send_mesh(peer, msg, None, MeshRoute::Response);
+            }
+        }
+    }
+
+    fn send_mesh(
+        &self,
+        peer: &Fqdn,
+        msg: &SipMessage,
+        origin: Option<&Origin>,
+        route: MeshRoute,
+    ) -> Result<(), SipReject> {
+        let link = self
+            .shared
+            .link(peer.as_str())
+            .ok_or_else(|| SipReject::PathDown(peer.to_string()))?;
+        let frame = Frame::Sip {
+            // Reuses the serialized buffer: no second copy.
+            message: Vec::from(msg.to_bytes()),
+            meta: SipMeta {
+                identity: origin.and_then(|o| o.identity.clone()),
+                ingress: origin.map_or_else(|| self.me().to_string(), |o| o.ingress.clone()),
+                route,
+            },
+        };
+        link.send_frame(frame).map_err(|e| match e {
+            SendError::Down => SipReject::PathDown(peer.to_string()),
+            SendError::Full => SipReject::Busy,
+        })
+    }
+
+    pub(super) fn send_next(&self, next: &NextHop, msg: &SipMessage, origin: &Origin) -> Result<(), SipReject> {
+        match next {
+            NextHop::Flow(id) => {
+                let flow = self.flows.get(*id).ok_or(SipReject::Unavailable)?;
+                if flow.send(msg.to_bytes()) {
+                    Ok(())
+                } else {
+                    Err(SipReject::Busy)
+                }
+            }
+            NextHop::Mesh(peer, route) => self.send_mesh(peer, msg, Some(origin), route.clone()),
+        }
+    }
+
+    /// Answer a request ourselves (and count it).
+    pub(super) fn respond(&self, source: &Source, req: &SipMessage, code: u16, reason: &str, extra: Vec<Header>) {
+        if req.method() == Some(&Method::Ack) {
+            return; // ACK is never answered
+        }
+        let tag = (code > 100 && req.to_hdr().ok().and_then(|t| t.tag().map(str::to_owned)).is_none()).then(to_tag);
+        let mut resp = SipMessage::response_to(req, code, reason, tag.as_deref());
+        resp.headers.extend(extra);
+        resp.headers.push(Header::new(HeaderName::Server, SERVER));
+        if code >= 200 {
+            self.count_final(req, code);
+            // A CANCEL shares the INVITE's key; its answer does not answer the INVITE.
+            if let Some(key) = server_key(req).filter(|_| req.method() != Some(&Method::Cancel)) {
+                self.set_final_status(&key, code);
+            }
+        }
+        self.send_to_source(source, &resp);
+    }
+
+    /// Answer a request with the status and headers of `why`.
+    pub(super) fn reject(&self, source: &Source, req: &SipMessage, why: SipReject) {
+        let (code, reason) = why.status();
+        tracing::debug!(code, reason = %reason, cause = %why, "answering request with an error");
+        self.respond(source, req, code, &reason, why.headers());
+        // A rejected INVITE's server transaction still absorbs the ACK.
+        self.finish_server_txn(req, code);
+    }
+
+    pub(super) fn count_final(&self, req: &SipMessage, code: u16) {
+        let method = req.method().map_or_else(|| "?".to_owned(), |m| m.to_string());
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *c.transactions.entry(method).or_default().entry(code).or_default() += 1;
+    }
+}

@@ -1,0 +1,172 @@
+//! The composition root: [`run`] wires one node from its config and its
+//! already-bound listeners, then runs it until the shutdown future resolves.
+//!
+//! Everything is built before anything starts, and each part gets what it
+//! depends on at construction (no late `OnceLock` wiring): the store and
+//! topology, the TLS configs, the proxy, then the actors and the tasks that
+//! accept on each door.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use sipmesh_state::Store;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::admin::{self, LogLevelHook, NodeHandle};
+use crate::config::NodeConfig;
+use crate::mesh::link::Directory;
+use crate::mesh::membership::{self, Membership};
+use crate::mesh::node::{NodeActor, Reload, ShutdownNode};
+use crate::mesh::status::Shared;
+use crate::mesh::{listener, SipSink};
+use crate::proxy::{self, Proxy};
+use crate::trust::{TlsConfigs, TlsMaterial};
+use crate::NodeError;
+
+/// Time given to goaway frames to leave before the process exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
+
+/// Store file inside the data directory.
+pub const STORE_FILE: &str = "sipmesh.redb";
+
+/// Environment variable that enables fault injection commands on the debug
+/// socket (tests of supervision only).
+pub const FAULT_INJECTION_ENV: &str = "SIPMESH_FAULT_INJECTION";
+
+/// The sockets of a node. A listener left `None` is bound by [`run`] at the
+/// address the config (or this node's topology entry) gives; tests and
+/// `cluster up` bind port 0 themselves and hand the socket over, so no port
+/// is ever released and re-bound.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The mesh (MTLS) port.
+    pub mesh: Option<TcpListener>,
+    /// The SIP client (TLS) port.
+    pub client: Option<TcpListener>,
+    /// The debug socket (bound with mode 0600 by [`admin::bind`]).
+    pub debug: Option<UnixListener>,
+}
+
+/// What the process around a node provides.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Changes the log filter at run time (`ctl log-level`).
+    pub set_log_level: Option<LogLevelHook>,
+}
+
+async fn bind_tcp(given: Option<TcpListener>, addr: SocketAddr, what: &'static str) -> Result<TcpListener, NodeError> {
+    match given {
+        Some(l) => Ok(l),
+        None => TcpListener::bind(addr)
+            .await
+            .map_err(|cause| NodeError::Bind { what, addr, cause }),
+    }
+}
+
+async fn reload_on_sighup(node: Addr<NodeActor>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; use `sipmesh ctl ... reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match node.send(Reload).await {
+            Ok(Ok(r)) => tracing::info!(serial = %r.cert_serial, "reloaded on SIGHUP"),
+            Ok(Err(e)) => tracing::error!(error = %e, "reload on SIGHUP failed; the previous material stays in effect"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Run a node until `shutdown` resolves. Must be called inside an actix
+/// `System` (the binary uses `actix_rt::System::new().block_on`).
+pub async fn run(
+    listeners: Listeners,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    hooks: Hooks,
+) -> Result<(), NodeError> {
+    let started = Instant::now();
+    let store = Arc::new(Store::open(&config.data_dir.join(STORE_FILE))?);
+    let initial = membership::initial_topology(&config, &store)?;
+    let me = initial
+        .topology
+        .member(config.fqdn.as_str())
+        .cloned()
+        .expect("initial_topology checked membership");
+    let topology = Arc::new(ArcSwap::from_pointee(initial.topology));
+    let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?.with_sni(&config.sip.certs)?;
+    let tls = TlsConfigs::build(&material, topology.clone())?;
+    let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
+    let mesh = bind_tcp(listeners.mesh, mesh_addr, "mesh").await?;
+    let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
+    let client_addr = config.client_listen.unwrap_or(me.client_addr);
+    let client = bind_tcp(listeners.client, client_addr, "sip clients").await?;
+    let client_addr = client.local_addr().unwrap_or(client_addr);
+    let debug_listener = match listeners.debug {
+        Some(l) => l,
+        None => admin::bind(&config.debug_socket)?,
+    };
+    let shared = Arc::new(Shared {
+        fqdn: config.fqdn.clone(),
+        role: me.role,
+        started,
+        topology,
+        tls: ArcSwap::from_pointee(tls),
+        links: RwLock::new(BTreeMap::new()),
+        rejections: Default::default(),
+        mesh_addr,
+        topology_doc: arc_swap::ArcSwapOption::from(initial.document.map(Arc::new)),
+        topology_key: initial.key,
+        topology_refusals: Default::default(),
+        tls_paths: config.tls.clone(),
+        sni_paths: config.sip.certs.clone(),
+    });
+    let proxy =
+        Arc::new(Proxy::new(shared.clone(), config.sip.clone(), store.clone(), client_addr).map_err(NodeError::Sip)?);
+    let timers = actix_rt::spawn(proxy::txn::drive_timers(Arc::downgrade(&proxy)));
+    let membership = Membership::new(store.clone(), shared.clone()).start();
+    let directory = Arc::new(Directory::default());
+    let sip: Arc<dyn SipSink> = proxy.clone();
+    let node = NodeActor::new(shared.clone(), config.mesh, directory.clone(), membership.clone(), sip).start();
+    let sighup = actix_rt::spawn(reload_on_sighup(node.clone()));
+    let accept = actix_rt::spawn(listener::serve(mesh, shared.clone(), directory, config.mesh));
+    let clients = actix_rt::spawn(proxy::client::serve(
+        client,
+        proxy.clone(),
+        shared.clone(),
+        config.sip.clone(),
+    ));
+    let handle = NodeHandle {
+        shared: shared.clone(),
+        node: node.clone(),
+        membership,
+        proxy: proxy.clone(),
+        faults: std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1"),
+        set_log_level: hooks.set_log_level,
+    };
+    let debug_task = actix_rt::spawn(admin::serve(debug_listener, handle));
+    tracing::info!(
+        fqdn = %shared.fqdn,
+        mesh = %mesh_addr,
+        client = %client_addr,
+        debug_socket = %config.debug_socket.display(),
+        topology_version = shared.topology.load().version,
+        "node running"
+    );
+    shutdown.await;
+    tracing::info!(fqdn = %shared.fqdn, "shutting down");
+    accept.abort();
+    clients.abort();
+    sighup.abort();
+    let _ = node.send(ShutdownNode).await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    debug_task.abort();
+    timers.abort();
+    let _ = std::fs::remove_file(&config.debug_socket);
+    Ok(())
+}

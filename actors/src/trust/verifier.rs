@@ -1,0 +1,264 @@
+//! The trust checks: a [`TrustPolicy`] (anchors and CRLs, one place that
+//! builds the webpki verifiers) and the [`MeshVerifier`], used both as the
+//! server's client-cert verifier (accept) and the client's server-cert
+//! verifier (dial). It runs webpki (chain to a trust anchor, validity, CRLs),
+//! then requires both serverAuth and clientAuth EKUs, then requires the
+//! certificate to name a member of the current topology. A refusal carries a
+//! typed [`Rejection`] inside the rustls error so the caller can record the
+//! exact reason.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use sipmesh_state::Topology;
+
+use super::material::{provider, CertInfo, TlsError, TlsMaterial};
+use super::reject::{RejectReason, Rejection};
+
+/// Whether a server verifier demands a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCert {
+    /// The mesh (and later federation) ports: no certificate, no connection.
+    Required,
+    /// The SIP client port: a certificate is optional, verified when presented.
+    Optional,
+}
+
+/// Who is trusted: anchors and revocation lists. Every webpki verifier is
+/// built here, so the revocation rules are the same on every door (the Edge
+/// builds one per partner CA).
+#[derive(Clone, Debug)]
+pub struct TrustPolicy {
+    /// Trust anchors.
+    pub roots: Arc<RootCertStore>,
+    /// Revocation lists.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
+impl TrustPolicy {
+    // The CRL is issued per CA for its leaves; a missing CRL for some CA must
+    // not lock every peer out, so unknown status is allowed.
+
+    /// A verifier of client certificates.
+    pub fn client_verifier(&self, mode: ClientCert) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+        let builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+        let builder = match mode {
+            ClientCert::Required => builder,
+            ClientCert::Optional => builder.allow_unauthenticated(),
+        };
+        builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
+    }
+
+    /// A verifier of server certificates (the name is checked by webpki).
+    pub fn server_verifier(&self) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .with_crls(self.crls.clone())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| TlsError::Verifier(e.to_string()))
+    }
+}
+
+/// The mesh trust check, used on both accept and dial.
+#[derive(Debug)]
+pub struct MeshVerifier {
+    webpki_client: Arc<dyn ClientCertVerifier>,
+    webpki_server: Arc<WebPkiServerVerifier>,
+    topology: Arc<ArcSwap<Topology>>,
+}
+
+impl MeshVerifier {
+    /// Build from loaded material and the live topology.
+    pub fn new(material: &TlsMaterial, topology: Arc<ArcSwap<Topology>>) -> Result<MeshVerifier, TlsError> {
+        let policy = material.policy();
+        let webpki_client = policy.client_verifier(ClientCert::Required)?;
+        let webpki_server = policy.server_verifier()?;
+        Ok(MeshVerifier {
+            webpki_client,
+            webpki_server,
+            topology,
+        })
+    }
+
+    /// Checks after webpki: both EKUs, and a name in the topology.
+    fn mesh_checks(&self, end_entity: &CertificateDer<'_>) -> Result<CertInfo, rustls::Error> {
+        let info = CertInfo::parse(end_entity).map_err(|e| reject(RejectReason::BadCert, None, e))?;
+        if !(info.server_auth && info.client_auth) {
+            return Err(reject(
+                RejectReason::BadEku,
+                info.presented_name(),
+                "certificate lacks serverAuth and clientAuth extended key usages".into(),
+            ));
+        }
+        let topology = self.topology.load();
+        if !info.dns_names.iter().any(|n| topology.contains(n)) {
+            return Err(reject(
+                RejectReason::NotInTopology,
+                info.presented_name(),
+                format!("no name of the certificate is in topology v{}", topology.version),
+            ));
+        }
+        Ok(info)
+    }
+}
+
+fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejection {
+        reason,
+        presented_name,
+        detail,
+    }))))
+}
+
+/// Re-tag a webpki error with our reason and the presented name.
+fn classify_webpki(err: rustls::Error, end_entity: &CertificateDer<'_>) -> rustls::Error {
+    let presented = CertInfo::parse(end_entity).ok().and_then(|i| i.presented_name());
+    let reason = RejectReason::from_rustls(&err);
+    reject(reason, presented, err.to_string())
+}
+
+impl ClientCertVerifier for MeshVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki_client.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.webpki_client
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| classify_webpki(e, end_entity))?;
+        self.mesh_checks(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki_client.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki_client.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki_client.supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for MeshVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki_server
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map_err(|e| classify_webpki(e, end_entity))?;
+        self.mesh_checks(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki_server.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki_server.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki_server.supported_verify_schemes()
+    }
+}
+
+impl MeshVerifier {
+    /// Re-run every check on a live link's peer chain (after a reload).
+    pub fn recheck(&self, chain: &[CertificateDer<'static>]) -> Result<(), Rejection> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(Rejection {
+                reason: RejectReason::NoClientCert,
+                presented_name: None,
+                detail: "no peer certificate recorded".into(),
+            });
+        };
+        ClientCertVerifier::verify_client_cert(self, leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| rejection_of_tls(&e))
+    }
+}
+
+/// Our [`Rejection`] inside a rustls error, or a classification of it.
+pub fn rejection_of_tls(tls: &rustls::Error) -> Rejection {
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = tls {
+        if let Some(r) = other.0.downcast_ref::<Rejection>() {
+            return r.clone();
+        }
+    }
+    Rejection {
+        reason: RejectReason::from_rustls(tls),
+        presented_name: None,
+        detail: tls.to_string(),
+    }
+}
+
+/// Pull our [`Rejection`] (or a classification) out of a handshake error.
+pub fn rejection_of(err: &std::io::Error) -> Option<Rejection> {
+    let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(other)) = tls {
+        if let Some(r) = other.0.downcast_ref::<Rejection>() {
+            return Some(r.clone());
+        }
+    }
+    match RejectReason::from_rustls(tls) {
+        RejectReason::Handshake => None,
+        reason => Some(Rejection {
+            reason,
+            presented_name: None,
+            detail: tls.to_string(),
+        }),
+    }
+}
