@@ -2,7 +2,7 @@
 //! started by [`SingleNodeBuilder::start`] for the rejection matrix; killed on
 //! drop.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -18,6 +18,18 @@ use super::poll::{poll_until, NODE_READY_DEADLINE, POLL};
 use super::proc::{free_addr, tail, ProcGuard};
 use super::tls::Pki;
 use super::{fe, BIN};
+
+/// Where the node binds its mesh and client ports: the OS picks, and the test
+/// reads the mesh address back from `status` (no port picked, released and
+/// hoped to be still free).
+const BIND_ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+/// The node's own topology entry. The listen overrides replace it and no other
+/// node runs to dial it, so it is never bound nor dialed; TEST-NET-1 (RFC 5737)
+/// so it cannot clash with a member's loopback address, and not port 0, which
+/// a topology refuses.
+const OWN_MESH_PLACEHOLDER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 5061);
+/// See [`OWN_MESH_PLACEHOLDER`].
+const OWN_CLIENT_PLACEHOLDER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 5060);
 
 /// Builder of a [`SingleNode`]: `fe1.contoso.test` with a CA made in the test.
 pub struct SingleNodeBuilder {
@@ -35,6 +47,10 @@ pub struct SingleNodeBuilder {
 
 impl SingleNodeBuilder {
     /// Add a member whose mesh port nothing listens on.
+    ///
+    /// The node dials that address from the topology written before it starts,
+    /// so it is picked in advance with [`free_addr`] (racy: something else may
+    /// take the port meanwhile).
     pub fn member(self, fqdn: &str) -> Self {
         let addr = free_addr();
         self.member_at(fqdn, addr)
@@ -66,7 +82,8 @@ impl SingleNodeBuilder {
         self
     }
 
-    /// Write CRL, topology and node.toml, spawn `node run`, wait for the debug socket.
+    /// Write CRL, topology and node.toml, spawn `node run`, wait for the debug
+    /// socket and read the mesh address the node bound.
     pub fn start(self) -> SingleNode {
         let root = self.tmp.path().to_owned();
         let node_cert = self.pki.issue(&IssueOptions {
@@ -76,18 +93,22 @@ impl SingleNodeBuilder {
         let crl = root.join("ca.crl");
         self.pki.write_crl(&crl);
 
-        let mesh_addr = free_addr();
-        let mut members = vec![(self.fqdn.clone(), mesh_addr)];
-        members.extend(self.members.iter().cloned());
-        let members: Vec<TrustedServer> = members
-            .into_iter()
-            .map(|(fqdn, mesh_addr)| TrustedServer {
-                fqdn: Fqdn::new(&fqdn).unwrap_or_else(|e| panic!("fqdn {fqdn}: {e}")),
+        let me = TrustedServer {
+            fqdn: Fqdn::new(&self.fqdn).unwrap_or_else(|e| panic!("fqdn {}: {e}", self.fqdn)),
+            role: Role::FrontEnd,
+            mesh_addr: OWN_MESH_PLACEHOLDER,
+            client_addr: OWN_CLIENT_PLACEHOLDER,
+            pool: None,
+        };
+        let members: Vec<TrustedServer> = std::iter::once(me)
+            .chain(self.members.iter().map(|(fqdn, mesh_addr)| TrustedServer {
+                fqdn: Fqdn::new(fqdn).unwrap_or_else(|e| panic!("fqdn {fqdn}: {e}")),
                 role: Role::FrontEnd,
-                mesh_addr,
+                mesh_addr: *mesh_addr,
+                // Never bound nor dialed (links use mesh addresses only).
                 client_addr: free_addr(),
                 pool: None,
-            })
+            }))
             .collect();
         let topology = Topology::new(1, members).unwrap_or_else(|e| panic!("topology: {e}"));
         let topology_path = root.join("topology.toml");
@@ -101,8 +122,8 @@ impl SingleNodeBuilder {
             topology_public_key: None,
             data_dir: root.join("data"),
             debug_socket: debug_socket.clone(),
-            mesh_listen: None,
-            client_listen: None,
+            mesh_listen: Some(BIND_ANY_PORT),
+            client_listen: Some(BIND_ANY_PORT),
             tls: TlsPaths {
                 cert: node_cert.cert_path.clone(),
                 key: node_cert.key_path.clone(),
@@ -134,14 +155,18 @@ impl SingleNodeBuilder {
             }
             try_debug(&debug_socket, "status").ok()
         });
-        if ready.is_none() {
+        let status = ready.unwrap_or_else(|| {
             panic!(
                 "node {} did not answer on {} within {NODE_READY_DEADLINE:?}:\n{}",
                 self.fqdn,
                 debug_socket.display(),
                 tail(&log, 80)
-            );
-        }
+            )
+        });
+        let mesh_addr: SocketAddr = status["mesh_addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("status without a parsable mesh_addr: {status}"));
         SingleNode {
             fqdn: self.fqdn,
             mesh_addr,
@@ -158,6 +183,7 @@ impl SingleNodeBuilder {
 /// One live node built by hand; killed on drop.
 pub struct SingleNode {
     pub fqdn: String,
+    /// The mesh address the node bound, as its `status` reports it.
     pub mesh_addr: SocketAddr,
     pub debug_socket: PathBuf,
     pub log: PathBuf,
