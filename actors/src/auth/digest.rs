@@ -1,16 +1,10 @@
-//! SIP Digest authentication (RFC 3261 §22, RFC 8760 SHA-256) against a users file.
+//! Digest hashing, the server side (challenges, nonces, verification) and the
+//! client-side helpers (RFC 3261 §22, RFC 7616, RFC 8760 SHA-256).
 //!
-//! Inside:
-//! - [`UsersFile`] / [`UserEntry`]: the TOML users file; passwords are stored
-//!   only as HA1 hashes (MD5 and SHA-256).
-//! - [`DigestAuth`]: makes `WWW-Authenticate` challenges and verifies
-//!   `Authorization` / `Proxy-Authorization` values (qop=auth; qop-less MD5 for
-//!   RFC 2069 clients).
-//! - [`AuthFailure`]: why a credential was refused, mapped to a SIP status in
-//!   [`AuthFailure::status_code`].
-//! - [`FailureTracker`]: consecutive failures per key, so a proxy can answer
-//!   403 after the retry limit.
-//! - [`digest_response`], [`ha1`], [`authorization_header`]: client-side helpers.
+//! Inside: [`Algorithm`]; [`ha1`], [`digest_response`] and
+//! [`authorization_header`]; [`DigestAuth`], which makes challenges and
+//! verifies credentials; [`AuthFailure`], why a credential was refused; the
+//! Digest header parser.
 //!
 //! Nonces are stateless: `base64url(timestamp || random || HMAC-SHA256(secret,
 //! timestamp || random || realm)[..16])`, so any node holding the same secret
@@ -18,24 +12,19 @@
 //! captured Authorization can be replayed within the nonce lifetime; SIP runs
 //! over TLS here, which is what keeps it from being captured.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
 
+use super::users::UsersFile;
+
 /// Longest Authorization value accepted (DoS bound: a real one is ~400 bytes).
 pub const MAX_AUTH_HEADER: usize = 4096;
-
-/// Most (key) entries a [`FailureTracker`] keeps (DoS bound: each distinct
-/// source/user pair an attacker invents costs memory; 10 000 short strings is
-/// well under a few MB, and real clients with pending failures are far fewer).
-pub const MAX_TRACKED: usize = 10_000;
 
 /// Default nonce lifetime.
 pub const DEFAULT_NONCE_TTL: Duration = Duration::from_secs(300);
@@ -206,205 +195,6 @@ fn quote(s: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Users file
-
-/// Users file (TOML), passwords stored only as HA1 hashes:
-///
-/// ```toml
-/// realm = "contoso.test"
-/// [[user]]
-/// name = "alice"
-/// ha1_md5 = "<hex MD5(name:realm:password)>"
-/// ha1_sha256 = "<hex SHA-256(name:realm:password)>"
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UsersFile {
-    /// The Digest realm every user belongs to.
-    pub realm: String,
-    /// The users (`[[user]]` tables).
-    #[serde(default, rename = "user")]
-    pub users: Vec<UserEntry>,
-}
-
-/// One user of a [`UsersFile`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserEntry {
-    /// The user name (Digest `username`), case-sensitive.
-    pub name: String,
-    /// Lowercase hex MD5(name:realm:password).
-    pub ha1_md5: String,
-    /// Lowercase hex SHA-256(name:realm:password).
-    pub ha1_sha256: String,
-}
-
-impl UserEntry {
-    /// An entry with both HA1 hashes computed from a clear password.
-    pub fn from_password(name: &str, realm: &str, password: &str) -> UserEntry {
-        UserEntry {
-            name: name.to_owned(),
-            ha1_md5: ha1(Algorithm::Md5, name, realm, password),
-            ha1_sha256: ha1(Algorithm::Sha256, name, realm, password),
-        }
-    }
-
-    /// This user's HA1 for `alg`.
-    pub fn ha1(&self, alg: Algorithm) -> &str {
-        match alg {
-            Algorithm::Md5 => &self.ha1_md5,
-            Algorithm::Sha256 => &self.ha1_sha256,
-        }
-    }
-}
-
-/// Why a users file was refused. `path` is `None` for [`UsersFile::parse`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthConfigError {
-    /// The file could not be read.
-    #[error("cannot read users file {}: {cause}", .path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        cause: std::io::Error,
-    },
-    /// TOML syntax, unknown key, wrong type; toml's message names the key and line.
-    #[error("{}: {message}", origin(.path))]
-    Parse {
-        /// The file.
-        path: Option<PathBuf>,
-        /// toml's message.
-        message: String,
-    },
-    /// `realm` is empty or contains control characters.
-    #[error("{}: realm: {message}", origin(.path))]
-    BadRealm {
-        /// The file.
-        path: Option<PathBuf>,
-        /// What is wrong.
-        message: String,
-    },
-    /// Two `[[user]]` entries share a name.
-    #[error("{}: user {user:?}: duplicate name", origin(.path))]
-    DuplicateUser {
-        /// The file.
-        path: Option<PathBuf>,
-        /// The repeated name.
-        user: String,
-    },
-    /// A user entry's field is not acceptable.
-    #[error("{}: user {user:?}: {field}: {message}", origin(.path))]
-    BadUser {
-        /// The file.
-        path: Option<PathBuf>,
-        /// The user name (possibly empty, when that is the problem).
-        user: String,
-        /// The field: `name`, `ha1_md5` or `ha1_sha256`.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-fn origin(path: &Option<PathBuf>) -> String {
-    match path {
-        Some(p) => format!("users file {}", p.display()),
-        None => "users file".to_owned(),
-    }
-}
-
-impl UsersFile {
-    /// Read and check a users file; errors name the path and, for a bad
-    /// entry, the user.
-    pub fn load(path: &Path) -> Result<UsersFile, AuthConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|cause| AuthConfigError::Io {
-            path: path.to_owned(),
-            cause,
-        })?;
-        Self::parse_from(&text, Some(path))
-    }
-
-    /// Parse and check users-file text. Hashes are normalised to lowercase.
-    pub fn parse(text: &str) -> Result<UsersFile, AuthConfigError> {
-        Self::parse_from(text, None)
-    }
-
-    fn parse_from(text: &str, path: Option<&Path>) -> Result<UsersFile, AuthConfigError> {
-        let path = || path.map(Path::to_owned);
-        let mut file: UsersFile = toml::from_str(text).map_err(|e| AuthConfigError::Parse {
-            path: path(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        if file.realm.is_empty() {
-            return Err(AuthConfigError::BadRealm {
-                path: path(),
-                message: "must not be empty".to_owned(),
-            });
-        }
-        if file.realm.chars().any(char::is_control) {
-            return Err(AuthConfigError::BadRealm {
-                path: path(),
-                message: "must not contain control characters".to_owned(),
-            });
-        }
-        let mut seen = HashSet::new();
-        for u in &mut file.users {
-            let bad = |field, message: &str| AuthConfigError::BadUser {
-                path: path(),
-                user: u.name.clone(),
-                field,
-                message: message.to_owned(),
-            };
-            if u.name.is_empty() {
-                return Err(bad("name", "must not be empty"));
-            }
-            if u.name.chars().any(char::is_control) {
-                return Err(bad("name", "must not contain control characters"));
-            }
-            for (field, alg) in [("ha1_md5", Algorithm::Md5), ("ha1_sha256", Algorithm::Sha256)] {
-                let h = u.ha1(alg);
-                if h.len() != alg.hex_len() || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(bad(
-                        field,
-                        &format!("expected {} hex characters, got {:?}", alg.hex_len(), truncate(h, 80)),
-                    ));
-                }
-            }
-            if !seen.insert(u.name.clone()) {
-                return Err(AuthConfigError::DuplicateUser {
-                    path: path(),
-                    user: u.name.clone(),
-                });
-            }
-            // Digest responses are computed over lowercase hex (RFC 7616 §3.4.1).
-            u.ha1_md5.make_ascii_lowercase();
-            u.ha1_sha256.make_ascii_lowercase();
-        }
-        Ok(file)
-    }
-
-    /// The file as TOML text, readable by [`UsersFile::parse`].
-    pub fn to_toml(&self) -> String {
-        // Two strings and an array of string-only tables always serialise.
-        toml::to_string(self).expect("users file serialises to TOML")
-    }
-
-    /// The user called `name` (exact match).
-    pub fn user(&self, name: &str) -> Option<&UserEntry> {
-        self.users.iter().find(|u| u.name == name)
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Verification
 
 /// Why an Authorization value was refused.
@@ -441,7 +231,7 @@ impl AuthFailure {
     /// The SIP status to answer: 400 for a malformed credential, otherwise a
     /// new challenge, 407 from a proxy (`Proxy-Authenticate`) or 401 from a
     /// registrar/UAS (`WWW-Authenticate`). The caller turns repeated
-    /// [`AuthFailure::is_credential_failure`] into 403 via [`FailureTracker`].
+    /// [`AuthFailure::is_credential_failure`] into 403 via [`super::FailureTracker`].
     pub fn status_code(&self, proxy: bool) -> u16 {
         match self {
             AuthFailure::Malformed(_) => 400,
@@ -723,10 +513,9 @@ fn parse_challenge_list(value: &str) -> Result<Vec<(String, String)>, AuthFailur
         i += 1;
     }
     if !value[start..i].eq_ignore_ascii_case("Digest") {
-        return Err(malformed(format!(
-            "scheme {:?} is not Digest",
-            truncate(&value[start..i], 32)
-        )));
+        // Peers control the scheme: keep an excerpt only.
+        let scheme: String = value[start..i].chars().take(32).collect();
+        return Err(malformed(format!("scheme {scheme:?} is not Digest")));
     }
     if i >= b.len() || !is_ws(b[i]) {
         return Err(malformed("no parameters after Digest".to_owned()));
@@ -807,122 +596,12 @@ fn parse_challenge_list(value: &str) -> Result<Vec<(String, String)>, AuthFailur
     Ok(out)
 }
 
-// ---------------------------------------------------------------------------
-// Failure tracking
-
-/// Counts consecutive failures per key (the caller's connection-or-source
-/// plus user name) so the proxy can answer 403 after `limit` failures.
-/// Bounded: at most [`MAX_TRACKED`] entries (oldest evicted); an entry
-/// expires `window` after its last failure.
-#[derive(Debug)]
-pub struct FailureTracker {
-    limit: u32,
-    window: Duration,
-    entries: HashMap<String, TrackEntry>,
-    /// Entries by last failure time, oldest first (for expiry and eviction).
-    order: BTreeMap<(Instant, u64), String>,
-    seq: u64,
-}
-
-#[derive(Debug)]
-struct TrackEntry {
-    count: u32,
-    order_key: (Instant, u64),
-}
-
-impl FailureTracker {
-    /// A tracker answering "limit reached" from the `limit`-th consecutive
-    /// failure within `window` of each other.
-    pub fn new(limit: u32, window: Duration) -> Self {
-        FailureTracker {
-            limit,
-            window,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
-            seq: 0,
-        }
-    }
-
-    /// Record a failure for `key` at `now`; `true` = the limit is reached:
-    /// answer 403.
-    pub fn fail(&mut self, key: &str, now: Instant) -> bool {
-        self.expire(now);
-        self.seq += 1;
-        let order_key = (now, self.seq);
-        let count = if let Some(e) = self.entries.get_mut(key) {
-            self.order.remove(&e.order_key);
-            e.count = e.count.saturating_add(1);
-            e.order_key = order_key;
-            e.count
-        } else {
-            if self.entries.len() >= MAX_TRACKED {
-                if let Some((_, oldest)) = self.order.pop_first() {
-                    self.entries.remove(&oldest);
-                }
-            }
-            self.entries.insert(key.to_owned(), TrackEntry { count: 1, order_key });
-            1
-        };
-        self.order.insert(order_key, key.to_owned());
-        count >= self.limit
-    }
-
-    /// A success for `key`: forget its failures.
-    pub fn succeed(&mut self, key: &str) {
-        if let Some(e) = self.entries.remove(key) {
-            self.order.remove(&e.order_key);
-        }
-    }
-
-    /// Consecutive failures currently counted for `key`.
-    pub fn failures(&self, key: &str, now: Instant) -> u32 {
-        match self.entries.get(key) {
-            Some(e) if !self.expired(e.order_key.0, now) => e.count,
-            _ => 0,
-        }
-    }
-
-    /// Number of keys tracked.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether no key is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    fn expired(&self, last: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(last) >= self.window
-    }
-
-    fn expire(&mut self, now: Instant) {
-        let window = self.window;
-        while let Some(entry) = self.order.first_entry() {
-            if now.saturating_duration_since(entry.key().0) < window {
-                break;
-            }
-            let key = entry.remove();
-            self.entries.remove(&key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::users::tests::users;
 
     const SECRET: [u8; 32] = [7; 32];
-
-    fn users() -> UsersFile {
-        UsersFile {
-            realm: "contoso.test".to_owned(),
-            users: vec![
-                UserEntry::from_password("alice", "contoso.test", "secret"),
-                UserEntry::from_password("bob", "contoso.test", "hunter2"),
-            ],
-        }
-    }
 
     fn auth() -> DigestAuth {
         DigestAuth::new(users(), SECRET, DEFAULT_NONCE_TTL)
@@ -996,18 +675,6 @@ mod tests {
             "/dir/index.html",
         );
         assert_eq!(r, want);
-    }
-
-    #[test]
-    fn from_password_hashes() {
-        // printf 'alice:contoso.test:secret' | md5sum / sha256sum
-        let u = UserEntry::from_password("alice", "contoso.test", "secret");
-        assert_eq!(u.ha1_md5, "20599ad03ffee5aae1554fab1a27a172");
-        assert_eq!(
-            u.ha1_sha256,
-            "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b"
-        );
-        assert_eq!(u.name, "alice");
     }
 
     #[test]
@@ -1350,169 +1017,5 @@ mod tests {
         let d = format!("{:?}", auth());
         assert!(d.contains("<redacted>"), "{d}");
         assert!(!d.contains("7, 7"), "{d}");
-    }
-
-    // ---- users file
-
-    #[test]
-    fn users_file_round_trip() {
-        let u = users();
-        let text = u.to_toml();
-        assert!(text.contains("[[user]]"), "{text}");
-        assert!(text.contains("realm = \"contoso.test\""), "{text}");
-        assert_eq!(UsersFile::parse(&text).unwrap(), u);
-        assert_eq!(u.user("bob").unwrap().name, "bob");
-        assert!(u.user("carol").is_none());
-
-        let no_users = UsersFile::parse("realm = \"r\"\n").unwrap();
-        assert!(no_users.users.is_empty());
-    }
-
-    #[test]
-    fn users_file_normalises_hex_case() {
-        let text = format!(
-            "realm = \"contoso.test\"\n[[user]]\nname = \"alice\"\nha1_md5 = \"{}\"\nha1_sha256 = \"{}\"\n",
-            "20599AD03FFEE5AAE1554FAB1A27A172", "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b"
-        );
-        let f = UsersFile::parse(&text).unwrap();
-        assert_eq!(f.users[0], UserEntry::from_password("alice", "contoso.test", "secret"));
-    }
-
-    fn entry(name: &str, md5: &str, sha: &str) -> String {
-        format!("[[user]]\nname = \"{name}\"\nha1_md5 = \"{md5}\"\nha1_sha256 = \"{sha}\"\n")
-    }
-
-    #[test]
-    fn users_file_errors_name_user_and_field() {
-        let md5 = "20599ad03ffee5aae1554fab1a27a172";
-        let sha = "7fcbbb72e23f6f0932c718683e50e5efd1b0e0a98e2d3a2d6fc66cccc4980a7b";
-        let head = "realm = \"contoso.test\"\n";
-        let cases = [
-            (
-                format!("{head}{}{}", entry("alice", md5, sha), entry("alice", md5, sha)),
-                "users file: user \"alice\": duplicate name",
-            ),
-            (
-                format!("{head}{}", entry("carol", &md5[1..], sha)),
-                "users file: user \"carol\": ha1_md5: expected 32 hex characters, got \"0599ad03ffee5aae1554fab1a27a172\"",
-            ),
-            (
-                format!("{head}{}", entry("dave", md5, &sha.replace('7', "z"))),
-                "users file: user \"dave\": ha1_sha256: expected 64 hex characters",
-            ),
-            (
-                format!("{head}{}", entry("erin", sha, sha)),
-                "users file: user \"erin\": ha1_md5: expected 32 hex characters",
-            ),
-            (
-                format!("{head}{}", entry("", md5, sha)),
-                "users file: user \"\": name: must not be empty",
-            ),
-            (
-                format!("realm = \"\"\n{}", entry("alice", md5, sha)),
-                "users file: realm: must not be empty",
-            ),
-        ];
-        for (text, want) in cases {
-            let err = UsersFile::parse(&text).unwrap_err().to_string();
-            assert!(err.starts_with(want), "{err:?} does not start with {want:?}");
-        }
-        let err = UsersFile::parse(&format!("{head}{}password = \"x\"\n", entry("alice", md5, sha))).unwrap_err();
-        assert!(matches!(err, AuthConfigError::Parse { .. }), "{err:?}");
-        assert!(err.to_string().contains("password"), "{err}");
-        let err = UsersFile::parse(&entry("alice", md5, sha)).unwrap_err();
-        assert!(err.to_string().contains("realm"), "{err}");
-    }
-
-    #[test]
-    fn load_names_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.toml");
-        let err = UsersFile::load(&path).unwrap_err();
-        assert!(matches!(err, AuthConfigError::Io { .. }), "{err:?}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-
-        std::fs::write(&path, users().to_toml()).unwrap();
-        assert_eq!(UsersFile::load(&path).unwrap(), users());
-
-        let dup = format!(
-            "{}{}",
-            users().to_toml(),
-            entry("bob", &"a".repeat(32), &"b".repeat(64))
-        );
-        std::fs::write(&path, dup).unwrap();
-        let err = UsersFile::load(&path).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!("users file {}: user \"bob\": duplicate name", path.display())
-        );
-
-        std::fs::write(&path, "realm = 3\n").unwrap();
-        let err = UsersFile::load(&path).unwrap_err().to_string();
-        assert!(err.starts_with(&format!("users file {}: ", path.display())), "{err}");
-    }
-
-    // ---- failure tracker
-
-    #[test]
-    fn tracker_limit_on_nth_failure() {
-        let mut t = FailureTracker::new(3, Duration::from_secs(60));
-        let now = Instant::now();
-        assert!(!t.fail("10.0.0.1|alice", now));
-        assert!(!t.fail("10.0.0.1|alice", now));
-        assert!(!t.fail("10.0.0.2|alice", now));
-        assert!(t.fail("10.0.0.1|alice", now));
-        assert!(t.fail("10.0.0.1|alice", now));
-        assert_eq!(t.failures("10.0.0.1|alice", now), 4);
-        assert_eq!(t.failures("10.0.0.2|alice", now), 1);
-        assert_eq!(t.len(), 2);
-    }
-
-    #[test]
-    fn tracker_success_resets() {
-        let mut t = FailureTracker::new(2, Duration::from_secs(60));
-        let now = Instant::now();
-        assert!(!t.fail("k", now));
-        t.succeed("k");
-        assert!(t.is_empty());
-        assert!(!t.fail("k", now));
-        assert!(t.fail("k", now));
-        t.succeed("k");
-        assert!(!t.fail("k", now));
-        t.succeed("absent");
-    }
-
-    #[test]
-    fn tracker_window_expires() {
-        let mut t = FailureTracker::new(2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!(!t.fail("k", t0));
-        // Within the window of the last failure: counts.
-        assert!(t.fail("k", t0 + Duration::from_secs(59)));
-        // A failure-free window later: starts over.
-        assert_eq!(t.failures("k", t0 + Duration::from_secs(119)), 0);
-        assert!(!t.fail("k", t0 + Duration::from_secs(119)));
-        assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn tracker_is_bounded() {
-        let mut t = FailureTracker::new(2, Duration::from_secs(3600));
-        let t0 = Instant::now();
-        for i in 0..MAX_TRACKED + 5 {
-            assert!(!t.fail(&format!("k{i}"), t0 + Duration::from_millis(i as u64)));
-        }
-        assert_eq!(t.len(), MAX_TRACKED);
-        assert_eq!(t.order.len(), MAX_TRACKED);
-        let later = t0 + Duration::from_secs(20);
-        // The five oldest were evicted; the next oldest is still counted.
-        assert_eq!(t.failures("k4", later), 0);
-        assert_eq!(t.failures("k5", later), 1);
-        // Refreshing an entry moves it to the back: k5 survives the next eviction.
-        assert!(t.fail("k5", later));
-        assert!(!t.fail("new", later));
-        assert_eq!(t.failures("k5", later), 2);
-        assert_eq!(t.failures("k6", later), 0);
-        assert_eq!(t.len(), MAX_TRACKED);
     }
 }
