@@ -5,12 +5,16 @@
 //!   stored only as HA1 hashes, MD5 and SHA-256), and [`AuthConfigError`].
 //! - `digest`: [`Algorithm`] and the hashes ([`ha1`], [`digest_response`]);
 //!   [`DigestAuth`], which makes `WWW-Authenticate` challenges with stateless
-//!   nonces and verifies `Authorization` / `Proxy-Authorization` values
+//!   nonces and verifies `Authorization` / `Proxy-Authorization` credentials
 //!   (qop=auth; qop-less MD5 for RFC 2069 clients); [`AuthFailure`], why a
 //!   credential was refused, mapped to a SIP status in
 //!   [`AuthFailure::status_code`]; the client side, [`authorization_header`].
 //! - `lockout`: [`FailureTracker`], consecutive failures per key, so a proxy
 //!   can answer 403 after the retry limit.
+//!
+//! The header grammar itself (one parser for challenges and credentials) is
+//! [`crate::sip::digest`]; the caller parses once and takes every decision,
+//! verification included, on that parse.
 
 mod digest;
 mod lockout;
@@ -18,7 +22,7 @@ mod users;
 
 pub use digest::{
     authorization_header, digest_response, generate_secret, ha1, Algorithm, AuthFailure, DigestAuth, DEFAULT_NONCE_TTL,
-    MAX_AUTH_HEADER, MAX_CLOCK_SKEW_SECS,
+    MAX_CLOCK_SKEW_SECS,
 };
 pub use lockout::{FailureTracker, MAX_TRACKED};
 pub use users::{AuthConfigError, UserEntry, UsersFile};

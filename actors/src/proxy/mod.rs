@@ -34,8 +34,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use sipmesh_state::{Fqdn, Role, Store};
 
-use crate::auth::{AuthFailure, DigestAuth, FailureTracker};
+use crate::auth::{Algorithm, AuthFailure, DigestAuth, FailureTracker};
 use crate::config::SipConfig;
+use crate::sip::digest::DigestParams;
 use crate::sip::{Header, HeaderName, Host, Method, ParseError, SipMessage, SipUri, StartLine};
 use crate::status::{LinkState, Shared};
 use crate::wire::{Frame, MeshRoute, SipMeta};
@@ -137,19 +138,6 @@ fn branch() -> String {
 
 fn to_tag() -> String {
     format!("sm{:08x}", rand::random::<u32>())
-}
-
-/// One parameter of a Digest credential (`username`, `algorithm`), for the
-/// decisions taken before full verification.
-fn digest_param(creds: &str, name: &str) -> Option<String> {
-    let body = creds.trim_start();
-    let body = body.strip_prefix("Digest").unwrap_or(body);
-    body.split(',').find_map(|part| {
-        let (k, v) = part.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_owned())
-    })
 }
 
 fn now_secs() -> u64 {
@@ -544,14 +532,21 @@ impl Proxy {
         let Some(creds) = creds else {
             return challenge(false);
         };
-        let used = digest_param(&creds, "algorithm")
-            .and_then(|a| crate::auth::Algorithm::parse(&a))
-            .unwrap_or(crate::auth::Algorithm::Md5);
-        if !self.config.digest_algorithms.contains(&used) {
-            return challenge(false);
-        }
-        let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
-        match auth.verify(&method, &creds) {
+        // One parse serves the algorithm policy, the verification and the
+        // failure key, so they cannot read the header differently.
+        let parsed = DigestParams::parse(&creds);
+        let verdict = match &parsed {
+            Err(e) => Err(AuthFailure::from(e.clone())),
+            Ok(params) => {
+                let used = params.algorithm().and_then(Algorithm::parse).unwrap_or(Algorithm::Md5);
+                if !self.config.digest_algorithms.contains(&used) {
+                    return challenge(false);
+                }
+                let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
+                auth.verify(&method, params)
+            }
+        };
+        match verdict {
             Ok(user) => {
                 let identity = self.aor_of(&user);
                 *flow.digest_identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
@@ -566,7 +561,12 @@ impl Proxy {
             Err(e) if e.is_credential_failure() => {
                 let user = match &e {
                     AuthFailure::UnknownUser(u) => u.clone(),
-                    _ => digest_param(&creds, "username").unwrap_or_default(),
+                    _ => parsed
+                        .as_ref()
+                        .ok()
+                        .and_then(DigestParams::username)
+                        .unwrap_or_default()
+                        .to_owned(),
                 };
                 let key = format!("{}|{user}", flow.remote.ip());
                 let blocked = self
