@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod debug;
 pub mod link;

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -22,6 +22,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
 
 use super::users::UsersFile;
+use crate::clock::now_secs;
 use crate::sip::digest::{quote, DigestParams, DigestSyntaxError};
 
 /// Default nonce lifetime.
@@ -212,18 +213,6 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    /// The SIP status to answer: 400 for a malformed credential, otherwise a
-    /// new challenge, 407 from a proxy (`Proxy-Authenticate`) or 401 from a
-    /// registrar/UAS (`WWW-Authenticate`). The caller turns repeated
-    /// [`AuthFailure::is_credential_failure`] into 403 via [`super::FailureTracker`].
-    pub fn status_code(&self, proxy: bool) -> u16 {
-        match self {
-            AuthFailure::Malformed(_) => 400,
-            _ if proxy => 407,
-            _ => 401,
-        }
-    }
-
     /// Whether the re-challenge should carry `stale=true`.
     pub fn is_stale(&self) -> bool {
         matches!(self, AuthFailure::StaleNonce)
@@ -289,15 +278,10 @@ impl DigestAuth {
         &self.users
     }
 
-    /// WWW-Authenticate header values to send with a 401, SHA-256 first then
-    /// MD5 (RFC 8760 §2.4 ordering), each with realm, nonce, qop="auth",
-    /// algorithm, and stale=true when asked.
-    pub fn challenges(&self, stale: bool) -> Vec<String> {
-        self.challenges_for(stale, &[Algorithm::Sha256, Algorithm::Md5])
-    }
-
-    /// Challenges for `algorithms`, in that order (many deployed clients
-    /// answer only the first challenge they see).
+    /// `WWW-Authenticate` / `Proxy-Authenticate` values for `algorithms`, in
+    /// that order (many deployed clients answer only the first challenge they
+    /// see), each with realm, nonce, qop="auth", algorithm, and stale=true
+    /// when asked.
     pub fn challenges_for(&self, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
         let nonce = self.nonce_at(now_secs());
         let realm = quote(&self.users.realm);
@@ -412,10 +396,6 @@ impl DigestAuth {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn missing(name: &str) -> AuthFailure {
     AuthFailure::Malformed(format!("missing {name}"))
 }
@@ -484,6 +464,11 @@ mod tests {
         DigestAuth::new(users(), SECRET, DEFAULT_NONCE_TTL)
     }
 
+    /// Both challenges, SHA-256 first (RFC 8760 §2.4 ordering).
+    fn challenges(a: &DigestAuth, stale: bool) -> Vec<String> {
+        a.challenges_for(stale, &[Algorithm::Sha256, Algorithm::Md5])
+    }
+
     /// Parse then verify, as the proxy does.
     fn check(a: &DigestAuth, method: &str, value: &str) -> Result<String, AuthFailure> {
         a.verify(method, &DigestParams::parse(value)?)
@@ -499,7 +484,7 @@ mod tests {
     }
 
     fn client(a: &DigestAuth, alg: Algorithm, user: &str, password: &str) -> String {
-        let nonce = param(&a.challenges(false)[0], "nonce");
+        let nonce = param(&challenges(a, false)[0], "nonce");
         authorization_header(
             alg,
             user,
@@ -565,7 +550,7 @@ mod tests {
     #[test]
     fn challenges_shape() {
         let a = auth();
-        let c = a.challenges(false);
+        let c = challenges(&a, false);
         assert_eq!(c.len(), 2);
         assert!(c[0].starts_with("Digest realm=\"contoso.test\", nonce=\""), "{}", c[0]);
         assert!(c[0].ends_with("\", qop=\"auth\", algorithm=SHA-256"), "{}", c[0]);
@@ -578,7 +563,7 @@ mod tests {
         assert!(now_secs().abs_diff(ts) <= 1);
         assert_eq!(param(&c[0], "qop"), "auth");
 
-        let s = a.challenges(true);
+        let s = challenges(&a, true);
         assert!(s[0].ends_with("algorithm=SHA-256, stale=true"), "{}", s[0]);
         assert!(s[1].ends_with("algorithm=MD5, stale=true"), "{}", s[1]);
         // Fresh randomness each time.
@@ -715,7 +700,7 @@ mod tests {
     #[test]
     fn wrong_realm() {
         let a = auth();
-        let nonce = param(&a.challenges(false)[0], "nonce");
+        let nonce = param(&challenges(&a, false)[0], "nonce");
         let h = authorization_header(
             Algorithm::Md5,
             "alice",
@@ -785,7 +770,7 @@ mod tests {
     #[test]
     fn lenient_syntax() {
         let a = auth();
-        let nonce = param(&a.challenges(false)[0], "nonce");
+        let nonce = param(&challenges(&a, false)[0], "nonce");
         let ha1 = ha1(Algorithm::Sha256, "alice", "contoso.test", "secret");
         let resp = digest_response(
             Algorithm::Sha256,
@@ -812,7 +797,7 @@ mod tests {
     #[test]
     fn algorithm_and_qop_rules() {
         let a = auth();
-        let nonce = param(&a.challenges(false)[0], "nonce");
+        let nonce = param(&challenges(&a, false)[0], "nonce");
         let base = |alg: &str, qop: Option<&str>, response: &str| {
             let mut h = format!(
                 "Digest username=\"alice\", realm=\"contoso.test\", nonce=\"{nonce}\", \
@@ -864,9 +849,6 @@ mod tests {
 
     #[test]
     fn failure_mapping() {
-        assert_eq!(AuthFailure::Malformed("x".into()).status_code(true), 400);
-        assert_eq!(AuthFailure::BadResponse.status_code(false), 401);
-        assert_eq!(AuthFailure::StaleNonce.status_code(true), 407);
         assert!(AuthFailure::StaleNonce.is_stale());
         assert!(!AuthFailure::BadNonce.is_stale());
         assert!(AuthFailure::BadResponse.is_credential_failure());

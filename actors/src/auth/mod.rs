@@ -7,8 +7,7 @@
 //!   [`DigestAuth`], which makes `WWW-Authenticate` challenges with stateless
 //!   nonces and verifies `Authorization` / `Proxy-Authorization` credentials
 //!   (qop=auth; qop-less MD5 for RFC 2069 clients); [`AuthFailure`], why a
-//!   credential was refused, mapped to a SIP status in
-//!   [`AuthFailure::status_code`]; the client side, [`authorization_header`].
+//!   credential was refused; the client side, [`authorization_header`].
 //! - `lockout`: [`FailureTracker`], consecutive failures per key, so a proxy
 //!   can answer 403 after the retry limit.
 //!

@@ -35,6 +35,7 @@ use serde::Serialize;
 use sipmesh_state::{Fqdn, Role, Store};
 
 use crate::auth::{Algorithm, AuthFailure, DigestAuth, FailureTracker};
+use crate::clock::now_secs;
 use crate::config::SipConfig;
 use crate::sip::digest::DigestParams;
 use crate::sip::{Header, HeaderName, Host, Method, ParseError, SipMessage, SipUri, StartLine};
@@ -138,12 +139,6 @@ fn branch() -> String {
 
 fn to_tag() -> String {
     format!("sm{:08x}", rand::random::<u32>())
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Server transaction key: branch, sent-by and method (ACK and CANCEL match the INVITE).
