@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use super::answer::SipReject;
 use super::flows::Flow;
-use super::{digest_param, Proxy};
+use super::Proxy;
 use crate::auth::{Algorithm, AuthFailure};
+use crate::sip::digest::DigestParams;
 use crate::sip::{HeaderName, Method, SipMessage};
 
 impl Proxy {
@@ -33,14 +34,21 @@ impl Proxy {
         let Some(creds) = creds else {
             return Err(challenge(false));
         };
-        let used = digest_param(&creds, "algorithm")
-            .and_then(|a| Algorithm::parse(&a))
-            .unwrap_or(Algorithm::Md5);
-        if !self.config.digest_algorithms.contains(&used) {
-            return Err(challenge(false));
-        }
-        let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
-        match auth.verify(&method, &creds) {
+        // One parse serves the algorithm policy, the verification and the
+        // failure key, so they cannot read the header differently.
+        let parsed = DigestParams::parse(&creds);
+        let verdict = match &parsed {
+            Err(e) => Err(AuthFailure::from(e.clone())),
+            Ok(params) => {
+                let used = params.algorithm().and_then(Algorithm::parse).unwrap_or(Algorithm::Md5);
+                if !self.config.digest_algorithms.contains(&used) {
+                    return Err(challenge(false));
+                }
+                let method = msg.method().map(|m| m.to_string()).unwrap_or_default();
+                auth.verify(&method, params)
+            }
+        };
+        match verdict {
             Ok(user) => {
                 let identity = self.aor_of(&user);
                 *flow.digest_identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.clone());
@@ -55,7 +63,12 @@ impl Proxy {
             Err(e) if e.is_credential_failure() => {
                 let user = match &e {
                     AuthFailure::UnknownUser(u) => u.clone(),
-                    _ => digest_param(&creds, "username").unwrap_or_default(),
+                    _ => parsed
+                        .as_ref()
+                        .ok()
+                        .and_then(DigestParams::username)
+                        .unwrap_or_default()
+                        .to_owned(),
                 };
                 let key = format!("{}|{user}", flow.remote.ip());
                 let blocked = self

@@ -32,6 +32,9 @@ pub mod route;
 mod send;
 pub mod txn;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -114,19 +117,6 @@ fn branch() -> String {
 
 fn to_tag() -> String {
     format!("sm{:08x}", rand::random::<u32>())
-}
-
-/// One parameter of a Digest credential (`username`, `algorithm`), for the
-/// decisions taken before full verification.
-fn digest_param(creds: &str, name: &str) -> Option<String> {
-    let body = creds.trim_start();
-    let body = body.strip_prefix("Digest").unwrap_or(body);
-    body.split(',').find_map(|part| {
-        let (k, v) = part.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_owned())
-    })
 }
 
 /// Server transaction key: branch, sent-by and method (ACK and CANCEL match the INVITE).

@@ -21,8 +21,10 @@
 //! - `parse`: the header-block scanner shared by both entry points.
 //! - `message`: [`SipMessage`], [`StartLine`]: parse, access, validate, edit, serialize.
 //! - [`framing`]: [`SipDecoder`] and [`Incoming`], stream framing with keep-alives.
+//! - [`digest`]: the Digest challenge/credentials grammar, [`digest::DigestParams`].
 
 mod addr;
+pub mod digest;
 pub mod error;
 pub mod framing;
 mod header;
