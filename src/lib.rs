@@ -7,9 +7,12 @@
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
 //! - [`ctl`]: the debug-socket client behind `sipmesh ctl`.
 //! - [`topology`]: admin key files and diff display for `sipmesh topology`.
+//! - [`ua`]: a minimal SIP-over-TLS client (TLS, framing, Digest REGISTER),
+//!   shared by the bench and the end-to-end tests.
 
 pub mod bench;
 pub mod cluster;
 pub mod ctl;
 pub mod pki;
 pub mod topology;
+pub mod ua;
