@@ -217,7 +217,7 @@ pub struct Connection {
     pub writer: WriteHalf<ClientStream>,
     /// Our side of the TCP connection (the Via and Contact address).
     pub local: SocketAddr,
-    /// The node's address.
+    /// The node's address, as dialled.
     pub remote: SocketAddr,
 }
 
@@ -229,14 +229,15 @@ impl Connection {
         config: Arc<rustls::ClientConfig>,
     ) -> Result<Connection, UaError> {
         let stream = connect(addr, server_name, config).await?;
-        let tcp = stream.get_ref().0;
-        let (local, remote) = (tcp.local_addr()?, tcp.peer_addr()?);
+        let local = stream.get_ref().0.local_addr()?;
         let (rd, writer) = tokio::io::split(stream);
         Ok(Connection {
             reader: SipReader::new(rd),
             writer,
             local,
-            remote,
+            // Not `peer_addr()`: a node refusing our certificate may already
+            // have reset the connection, and that is for the first read to tell.
+            remote: addr,
         })
     }
 
