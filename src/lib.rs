@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
-//! - [`bench`]: `sipmesh bench relay|mesh`, load generation and measurements.
+//! - [`bench`](mod@bench): `sipmesh bench relay|mesh`, load generation and measurements.
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
 //! - [`ctl`]: the debug-socket client behind `sipmesh ctl`, and its tables.
 //! - [`topology`]: admin key files and diff display for `sipmesh topology`.
