@@ -3,13 +3,16 @@
 //! # Layout
 //!
 //! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
-//! - [`bench`]: `sipmesh bench relay|mesh`, load generation and measurements.
+//! - [`bench`](mod@bench): `sipmesh bench relay|mesh`, load generation and measurements.
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
-//! - [`ctl`]: the debug-socket client behind `sipmesh ctl`.
+//! - [`ctl`]: the debug-socket client behind `sipmesh ctl`, and its tables.
 //! - [`topology`]: admin key files and diff display for `sipmesh topology`.
+//! - [`ua`]: a minimal SIP-over-TLS client (TLS, framing, Digest REGISTER),
+//!   shared by the bench and the end-to-end tests.
 
 pub mod bench;
 pub mod cluster;
 pub mod ctl;
 pub mod pki;
 pub mod topology;
+pub mod ua;

@@ -1,7 +1,8 @@
 //! An in-project SIP user agent for the end-to-end tests: one TLS connection
-//! to a node's client port (tokio-rustls, the node verified against the
-//! cluster CA as `fe1.contoso.test`/`127.0.0.1`), messages framed and parsed
-//! with the project's codec (`SipDecoder`, `SipMessage`).
+//! to a node's client port (the node verified against the cluster CA as
+//! `127.0.0.1`), messages framed and parsed with the project's codec. The
+//! connection, the framing and the Digest answer are `sipmesh::ua`'s, shared
+//! with `sipmesh bench`; this module adds the step-by-step test API on top.
 //!
 //! The UA is driven step by step by the test: it never answers anything by
 //! itself. Messages read while waiting for something else are queued, so
@@ -16,14 +17,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::Value;
 use sipmesh::pki::Issued;
-use sipmesh_actors::auth::{authorization_header, Algorithm};
-use sipmesh_actors::sip::{Header, HeaderName, Incoming, SipDecoder, SipMessage, StartLine};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use sipmesh::ua::{self, Connection, Credentials};
+use sipmesh_actors::auth::Algorithm;
+use sipmesh_actors::sip::{Header, HeaderName, Incoming, SipMessage, StartLine};
+
+// Part of this module's test API (tests/sip.rs reads challenges with it); like
+// the `dead_code` allowance above, not every test crate uses it.
+#[allow(unused_imports)]
+pub use sipmesh::ua::challenge_param;
 
 use crate::common::{self, Cluster};
 
@@ -33,6 +37,8 @@ pub const DOMAIN: &str = common::DOMAIN;
 pub const T1_MS: u64 = 50;
 /// Default wait for a message that should arrive.
 pub const WAIT: Duration = Duration::from_secs(5);
+/// Digest algorithms the UA answers, most preferred first.
+pub const ALGORITHMS: &[Algorithm] = &[Algorithm::Sha256, Algorithm::Md5];
 
 // ---------------------------------------------------------------- cluster
 
@@ -94,31 +100,19 @@ fn rand_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// `sip:DOMAIN`: the registrar's URI, and the Digest `uri` the UA answers for.
+fn registrar() -> String {
+    format!("sip:{DOMAIN}")
+}
+
+/// An error with its causes, for panic messages.
+fn chain(e: ua::UaError) -> String {
+    format!("{:#}", anyhow::Error::from(e))
+}
+
 /// A fresh RFC 3261 branch.
 pub fn new_branch() -> String {
     format!("z9hG4bK-ua{}", rand_hex())
-}
-
-/// The value of `name=` in a Digest challenge (quoted or token).
-pub fn challenge_param(challenge: &str, name: &str) -> Option<String> {
-    let lower = challenge.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(i) = lower[from..].find(name) {
-        let at = from + i;
-        from = at + name.len();
-        let before = lower[..at].chars().last();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-') {
-            continue;
-        }
-        let rest = challenge[at + name.len()..].trim_start();
-        let Some(rest) = rest.strip_prefix('=') else { continue };
-        let rest = rest.trim_start();
-        return Some(match rest.strip_prefix('"') {
-            Some(q) => q.split('"').next().unwrap_or("").to_owned(),
-            None => rest.split([',', ' ']).next().unwrap_or("").to_owned(),
-        });
-    }
-    None
 }
 
 /// A header's value as text (first of that name); panics naming the header when absent.
@@ -190,9 +184,7 @@ pub struct Ua {
     /// `sip:alice@contoso.test`.
     pub aor: String,
     password: String,
-    stream: TlsStream<TcpStream>,
-    buf: BytesMut,
-    decoder: SipDecoder,
+    conn: Connection,
     queue: VecDeque<SipMessage>,
     /// Our side of the TCP connection.
     pub local: SocketAddr,
@@ -220,22 +212,19 @@ impl Ua {
     }
 
     async fn open(addr: SocketAddr, ca: &Path, user: &str, password: &str, identity: Option<&Issued>) -> Ua {
-        let config = common::client_config(ca, identity);
+        let config = ua::client_config(ca, identity).unwrap_or_else(|e| panic!("{user}: {}", chain(e)));
         // The node certificates carry SAN DNS feN.contoso.test and IP 127.0.0.1:
         // verify by IP, which is what a client dialling the address knows.
-        let stream = common::tls_connect(addr, &addr.ip().to_string(), config)
+        let conn = Connection::open(addr, &addr.ip().to_string(), config)
             .await
-            .unwrap_or_else(|e| panic!("{user}: TLS to {addr}: {e}"));
-        let local = stream.get_ref().0.local_addr().expect("local addr");
+            .unwrap_or_else(|e| panic!("{user}: TLS to {addr}: {}", chain(e)));
         Ua {
             user: user.to_owned(),
             aor: format!("sip:{user}@{DOMAIN}"),
             password: password.to_owned(),
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-            decoder: SipDecoder::new(),
+            local: conn.local,
+            conn,
             queue: VecDeque::new(),
-            local,
             remote: addr,
             cseq: 0,
             reg_call_id: format!("reg-{}@127.0.0.1", rand_hex()),
@@ -263,16 +252,12 @@ impl Ua {
 
     // ---- raw I/O
 
-    /// Write bytes as they are.
+    /// Write bytes as they are (and flush them).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
+        self.conn
+            .send_raw(bytes)
             .await
             .unwrap_or_else(|e| panic!("{}: write: {e}", self.user));
-        self.stream
-            .flush()
-            .await
-            .unwrap_or_else(|e| panic!("{}: flush: {e}", self.user));
     }
 
     /// Serialize and send a message.
@@ -292,7 +277,7 @@ impl Ua {
     /// Read from the socket until one message is decoded or `deadline`.
     async fn read_one(&mut self, deadline: Instant) -> Option<SipMessage> {
         loop {
-            while let Some(item) = self.decoder.decode(&mut self.buf) {
+            while let Some(item) = self.conn.reader.buffered() {
                 match item {
                     Incoming::Message(m) => return Some(m),
                     Incoming::KeepAlive => self.pongs += 1,
@@ -323,7 +308,8 @@ impl Ua {
             if left.is_zero() {
                 return None;
             }
-            match tokio::time::timeout(left, self.stream.read_buf(&mut self.buf)).await {
+            // `fill` is cancel safe: a read cut short by the deadline loses nothing.
+            match tokio::time::timeout(left, self.conn.reader.fill()).await {
                 Err(_) => return None,
                 Ok(Ok(0)) => {
                     self.closed = true;
@@ -480,14 +466,19 @@ impl Ua {
     /// REGISTER our contact for `expires` seconds; answers one 401 with
     /// SHA-256 Digest credentials. Returns the final response.
     pub async fn register(&mut self, expires: u32) -> SipMessage {
-        let first = self.send_register(expires, None).await;
-        match first.status() {
-            Some(401) => {
-                let creds = self.credentials_for(&first, "REGISTER", &self.password.clone());
-                self.send_register(expires, Some(creds)).await
-            }
-            _ => first,
-        }
+        let (user, password, uri, cnonce) = (self.user.clone(), self.password.clone(), registrar(), rand_hex());
+        let creds = Credentials {
+            user: &user,
+            password: &password,
+            uri: &uri,
+            algorithms: ALGORITHMS,
+            cnonce: &cnonce,
+        };
+        ua::register(&creds, async |auth: Option<&str>| {
+            Ok(self.send_register(expires, auth.map(str::to_owned)).await)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{user}: REGISTER: {}", chain(e)))
     }
 
     /// REGISTER on an already authenticated connection with a raw Contact
@@ -557,37 +548,15 @@ impl Ua {
     /// or 407) for `method` on `uri` sip:DOMAIN, with `password`: SHA-256 when
     /// offered, MD5 otherwise.
     pub fn credentials_for(&self, challenge_resp: &SipMessage, method: &str, password: &str) -> String {
-        let name = match challenge_resp.status() {
-            Some(407) => HeaderName::ProxyAuthenticate,
-            _ => HeaderName::WwwAuthenticate,
-        };
-        let challenges: Vec<String> = challenge_resp
-            .headers_named(name)
-            .map(|h| h.value_str().to_owned())
-            .collect();
-        let pick = |alg: &str| {
-            challenges
-                .iter()
-                .find(|c| challenge_param(c, "algorithm").is_some_and(|a| a.eq_ignore_ascii_case(alg)))
-                .cloned()
-        };
-        let (algorithm, challenge) = pick("SHA-256")
-            .map(|c| (Algorithm::Sha256, c))
-            .or_else(|| pick("MD5").map(|c| (Algorithm::Md5, c)))
-            .unwrap_or_else(|| panic!("no SHA-256 or MD5 challenge in:\n{}", text(challenge_resp)));
-        let realm = challenge_param(&challenge, "realm").expect("realm");
-        let nonce = challenge_param(&challenge, "nonce").expect("nonce");
-        authorization_header(
-            algorithm,
-            &self.user,
-            &realm,
+        Credentials {
+            user: &self.user,
             password,
-            &nonce,
-            &format!("sip:{DOMAIN}"),
-            method,
-            &rand_hex(),
-            1,
-        )
+            uri: &registrar(),
+            algorithms: ALGORITHMS,
+            cnonce: &rand_hex(),
+        }
+        .authorization(challenge_resp, method)
+        .unwrap_or_else(|e| panic!("{e} in:\n{}", text(challenge_resp)))
     }
 
     // ---- responses

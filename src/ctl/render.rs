@@ -1,83 +1,8 @@
-//! `sipmesh ctl`: a client for the node's debug socket.
-//!
-//! Sends one request line, reads one answer line. `--json` prints the
-//! `result` for scripts; otherwise a table for people.
-
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+//! How `sipmesh ctl` shows a debug-socket result to people: one table (or
+//! short text) per command, and a FIELD/VALUE table or pretty JSON for the rest.
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use serde_json::{json, Value};
-
-/// How long ctl waits for an answer.
-pub const CTL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest answer line accepted (DoS bound against a misbehaving socket).
-pub const MAX_ANSWER: u64 = 16 * 1024 * 1024;
-
-/// Why a ctl call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    /// Socket unreachable.
-    #[error("cannot reach debug socket {path}: {cause}")]
-    Connect {
-        /// The socket.
-        path: String,
-        /// The cause.
-        cause: std::io::Error,
-    },
-    /// I/O or protocol trouble after connecting.
-    #[error("debug socket {path}: {message}")]
-    Protocol {
-        /// The socket.
-        path: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The node answered with an error.
-    #[error("{0}")]
-    Node(String),
-}
-
-/// Send `request` (a JSON object) and return the `result` value.
-pub fn request(socket: &Path, request: &Value) -> Result<Value, CtlError> {
-    let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
-        path: path.clone(),
-        cause,
-    })?;
-    let proto = |message: String| CtlError::Protocol {
-        path: path.clone(),
-        message,
-    };
-    stream
-        .set_read_timeout(Some(CTL_TIMEOUT))
-        .map_err(|e| proto(e.to_string()))?;
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .map_err(|e| proto(e.to_string()))?;
-    let mut line = String::new();
-    BufReader::new(std::io::Read::take(stream, MAX_ANSWER))
-        .read_line(&mut line)
-        .map_err(|e| proto(e.to_string()))?;
-    if line.is_empty() {
-        return Err(proto("connection closed without an answer".into()));
-    }
-    let answer: Value = serde_json::from_str(&line).map_err(|e| proto(format!("bad answer: {e}")))?;
-    if answer["ok"] == Value::Bool(true) {
-        Ok(answer["result"].clone())
-    } else {
-        Err(CtlError::Node(
-            answer["error"].as_str().unwrap_or("unknown error").to_owned(),
-        ))
-    }
-}
-
-/// Send a bare command.
-pub fn command(socket: &Path, cmd: &str) -> Result<Value, CtlError> {
-    request(socket, &json!({ "cmd": cmd }))
-}
+use serde_json::Value;
 
 fn text(v: &Value) -> String {
     match v {
@@ -221,6 +146,8 @@ pub fn render(cmd: &str, result: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -240,15 +167,5 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want} in\n{out}");
         }
-    }
-
-    #[test]
-    fn unreachable_socket_names_the_path() {
-        let err = command(Path::new("/nonexistent/sipmesh.sock"), "status").unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("cannot reach debug socket /nonexistent/sipmesh.sock:"),
-            "{err}"
-        );
     }
 }

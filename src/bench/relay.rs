@@ -1,32 +1,29 @@
-//! `sipmesh bench`: measurements an operator can run on their own machine.
+//! `bench relay`: a sender registered at node A sends MESSAGEs at a fixed
+//! rate to a responder registered at node B, both [`crate::ua`] connections;
+//! every transaction crosses A → MTLS → B and back.
 //!
-//! - `relay`: a 2-node cluster; a sender registered at node A sends MESSAGEs
-//!   at a fixed rate to a responder registered at node B (so every
-//!   transaction crosses A → MTLS → B and back). Reports latency percentiles,
-//!   answered/failed counts, and the CPU each node spent per transaction (from
-//!   `/proc/<pid>/stat`), next to the design targets.
-//! - `mesh`: time from starting N node processes to a full mesh.
-//!
-//! Load is open-loop (paced by the clock, not by answers), bounded in count
-//! and time, and only ever sent to the cluster it starts on 127.0.0.1.
+//! The load user agent is only what the bench words itself: its REGISTER and
+//! MESSAGE bytes. TLS, framing and the Digest answer are [`crate::ua`]'s. The
+//! sender writes each MESSAGE straight to the connection's write half (one
+//! `format!` and two writes, no flush); the responder batches its 200s.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
-use sipmesh_actors::auth::{authorization_header, Algorithm};
-use sipmesh_actors::sip::{HeaderName, Incoming, SipDecoder, SipMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use sipmesh_actors::auth::Algorithm;
+use sipmesh_actors::sip::{Incoming, SipMessage};
+use tokio::io::AsyncWriteExt;
 
-use crate::cluster::{LocalCluster, UpOptions};
+use super::cluster_options;
+use crate::cluster::LocalCluster;
+use crate::ua::{self, Connection, Credentials, UaError};
 
 /// Most transactions one relay run may send (bounds memory and time).
 pub const MAX_TRANSACTIONS: u64 = 2_000_000;
@@ -88,142 +85,66 @@ fn cpu_us(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) / hz * 1e6)
 }
 
-/// The reading side of a client connection.
-struct Reader {
-    rd: ReadHalf<TlsStream<TcpStream>>,
-    buf: BytesMut,
-    decoder: SipDecoder,
+/// Digest algorithms the load client answers: MD5 only, as the bench always
+/// has (registration happens before the measured window).
+const ALGORITHMS: &[Algorithm] = &[Algorithm::Md5];
+
+/// The load client's REGISTER of `user@domain` from our `port`: CSeq 1
+/// without credentials, 2 with `auth`.
+fn register_request(user: &str, domain: &str, port: u16, cseq: u32, auth: Option<&str>) -> String {
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    format!(
+        "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-reg{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=bench\r\nTo: <sip:{user}@{domain}>\r\n\
+         Call-ID: reg-{user}@bench\r\nCSeq: {cseq} REGISTER\r\n\
+         Contact: <sip:{user}@127.0.0.1:{port};transport=tls>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
 }
 
-impl Reader {
-    async fn next(&mut self) -> anyhow::Result<SipMessage> {
-        loop {
-            match self.decoder.decode(&mut self.buf) {
-                Some(Incoming::Message(m)) => return Ok(m),
-                Some(Incoming::KeepAlive) => continue,
-                Some(Incoming::Invalid { error, .. }) => bail!("node sent a malformed message: {error}"),
-                None => {}
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
-                bail!("node closed the connection");
-            }
-        }
-    }
-
-    /// A message already buffered, without reading.
-    fn buffered(&mut self) -> Option<SipMessage> {
-        match self.decoder.decode(&mut self.buf) {
-            Some(Incoming::Message(m)) => Some(m),
-            _ => None,
-        }
-    }
-}
-
-/// A minimal SIP-over-TLS client for load generation.
-struct Ua {
-    reader: Reader,
-    wr: WriteHalf<TlsStream<TcpStream>>,
-    port: u16,
-    user: String,
-    domain: String,
-}
-
-fn client_tls(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-impl Ua {
-    async fn connect(addr: &str, server_name: &str, tls: Arc<rustls::ClientConfig>, aor: &str) -> anyhow::Result<Ua> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let port = tcp.local_addr()?.port();
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
-        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
-        let (rd, wr) = tokio::io::split(stream);
-        let (user, domain) = aor
-            .trim_start_matches("sip:")
-            .split_once('@')
-            .context("AOR without @")?;
-        Ok(Ua {
-            reader: Reader {
-                rd,
-                buf: BytesMut::with_capacity(64 * 1024),
-                decoder: SipDecoder::new(),
-            },
-            wr,
-            port,
-            user: user.to_owned(),
-            domain: domain.to_owned(),
-        })
-    }
-
-    async fn next(&mut self) -> anyhow::Result<SipMessage> {
-        self.reader.next().await
-    }
-
-    fn register_request(&self, cseq: u32, auth: Option<&str>) -> String {
-        let (user, domain, port) = (&self.user, &self.domain, self.port);
-        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        format!(
-            "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-reg{cseq}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=bench\r\nTo: <sip:{user}@{domain}>\r\n\
-             Call-ID: reg-{user}@bench\r\nCSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{user}@127.0.0.1:{port};transport=tls>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
-        )
-    }
-
-    async fn register(&mut self, password: &str) -> anyhow::Result<()> {
-        self.wr.write_all(self.register_request(1, None).as_bytes()).await?;
-        let challenge = self.next().await?;
-        if challenge.status() != Some(401) {
-            bail!("REGISTER: expected 401, got {:?}", challenge.status());
-        }
-        let www = challenge
-            .headers_named(HeaderName::WwwAuthenticate)
-            .map(|h| h.value_str().to_owned())
-            .find(|v| v.contains("MD5"))
-            .context("no MD5 challenge")?;
-        let param = |name: &str| {
-            www.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .map(str::to_owned)
-        };
-        let (realm, nonce) = (param("realm").context("realm")?, param("nonce").context("nonce")?);
-        let uri = format!("sip:{}", self.domain);
-        let auth = authorization_header(
-            Algorithm::Md5,
-            &self.user,
-            &realm,
-            password,
-            &nonce,
-            &uri,
-            "REGISTER",
-            "bench",
-            1,
-        );
-        self.wr
-            .write_all(self.register_request(2, Some(&auth)).as_bytes())
+/// A load client connected to `addr` (the node verified as `server_name`)
+/// and registered there as `aor` with `password`.
+async fn registered(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: Arc<rustls::ClientConfig>,
+    aor: &str,
+    password: &str,
+) -> anyhow::Result<Connection> {
+    let mut conn = Connection::open(addr, server_name, tls).await?;
+    let (user, domain) = aor
+        .trim_start_matches("sip:")
+        .split_once('@')
+        .context("AOR without @")?;
+    let port = conn.local.port();
+    let uri = format!("sip:{domain}");
+    let creds = Credentials {
+        user,
+        password,
+        uri: &uri,
+        algorithms: ALGORITHMS,
+        cnonce: "bench",
+    };
+    let answer = ua::register(&creds, async |auth: Option<&str>| {
+        let cseq = if auth.is_some() { 2 } else { 1 };
+        conn.send_raw(register_request(user, domain, port, cseq, auth).as_bytes())
             .await?;
-        let ok = self.next().await?;
-        if ok.status() != Some(200) {
-            bail!("REGISTER: expected 200, got {:?}", ok.status());
+        let answer = conn.next_message().await?;
+        // The node challenges every first REGISTER; anything else is wrong here.
+        if auth.is_none() && answer.status() != Some(401) {
+            return Err(UaError::Status {
+                what: "REGISTER",
+                expected: 401,
+                got: answer.status(),
+            });
         }
-        Ok(())
+        Ok(answer)
+    })
+    .await?;
+    if answer.status() != Some(200) {
+        bail!("REGISTER: expected 200, got {:?}", answer.status());
     }
+    Ok(conn)
 }
-
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -261,26 +182,28 @@ pub fn relay(opts: &RelayOptions) -> anyhow::Result<RelayReport> {
 async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> anyhow::Result<RelayReport> {
     let file = &cluster.file;
     let (a, b) = (&file.nodes[0], &file.nodes[1]);
-    let tls = client_tls(&file.ca)?;
+    let tls = ua::client_config(&file.ca, None)?;
     let pw = |aor: &str| file.users.iter().find(|u| u.aor == aor).map(|u| u.password.clone());
     let sender_aor = format!("sip:alice@{}", file.domain);
     let receiver_aor = format!("sip:bob@{}", file.domain);
-    let mut sender = Ua::connect(&a.client_addr.to_string(), &a.fqdn, tls.clone(), &sender_aor).await?;
-    sender.register(&pw(&sender_aor).context("no alice")?).await?;
-    let mut receiver = Ua::connect(&b.client_addr.to_string(), &b.fqdn, tls, &receiver_aor).await?;
-    receiver.register(&pw(&receiver_aor).context("no bob")?).await?;
+    let sender_pw = pw(&sender_aor).context("no alice")?;
+    let sender = registered(a.client_addr, &a.fqdn, tls.clone(), &sender_aor, &sender_pw).await?;
+    let receiver_pw = pw(&receiver_aor).context("no bob")?;
+    let mut receiver = registered(b.client_addr, &b.fqdn, tls, &receiver_aor, &receiver_pw).await?;
 
     // Responder: answer every request 200, batching writes.
     let responder = tokio::task::spawn_local(async move {
         let mut out = Vec::with_capacity(64 * 1024);
         loop {
-            let Ok(req) = receiver.next().await else { return };
+            let Ok(req) = receiver.next_message().await else { return };
             out.clear();
             out.extend_from_slice(&SipMessage::response_to(&req, 200, "OK", Some("benchb")).to_bytes());
-            while let Some(more) = receiver.reader.buffered() {
+            // Only messages already buffered: anything else decoded (a keep-alive)
+            // ends the batch and is dropped, as the bench has always done.
+            while let Some(Incoming::Message(more)) = receiver.reader.buffered() {
                 out.extend_from_slice(&SipMessage::response_to(&more, 200, "OK", Some("benchb")).to_bytes());
             }
-            if receiver.wr.write_all(&out).await.is_err() {
+            if receiver.writer.write_all(&out).await.is_err() {
                 return;
             }
         }
@@ -293,12 +216,13 @@ async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> a
     let answered = Rc::new(RefCell::new(0u64));
     let last_answer = Rc::new(RefCell::new(Instant::now()));
 
-    let Ua {
+    let Connection {
         mut reader,
-        mut wr,
-        port,
+        writer: mut wr,
+        local,
         ..
     } = sender;
+    let port = local.port();
     let collector = {
         let (sent_at, latencies, statuses, answered, last_answer) = (
             sent_at.clone(),
@@ -308,7 +232,7 @@ async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> a
             last_answer.clone(),
         );
         tokio::task::spawn_local(async move {
-            while let Ok(resp) = reader.next().await {
+            while let Ok(resp) = reader.next_message().await {
                 let Some(code) = resp.status() else { continue };
                 if code < 200 {
                     continue;
@@ -398,19 +322,6 @@ async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> a
     })
 }
 
-/// The cluster a bench starts: `cluster up` defaults.
-fn cluster_options(nodes: usize) -> UpOptions {
-    UpOptions {
-        nodes: Some(nodes),
-        dir: None,
-        domain: "contoso.test".into(),
-        heartbeat_ms: sipmesh_actors::config::DEFAULT_HEARTBEAT_MS,
-        backoff_cap_ms: 1000,
-        t1_ms: sipmesh_actors::config::DEFAULT_T1_MS,
-        digest_algorithms: None,
-    }
-}
-
 /// Render a relay report for people.
 pub fn render_relay(r: &RelayReport) -> String {
     let (a, b): (Vec<_>, Vec<_>) = r.cpu_us_per_txn.iter().enumerate().partition(|(i, _)| *i == 0);
@@ -438,90 +349,5 @@ pub fn render_relay(r: &RelayReport) -> String {
         lat("max"),
         if relay_us <= TARGET_RELAY_US { "met" } else { "missed" },
         if p99 <= TARGET_P99_MS { "met" } else { "missed" },
-    )
-}
-
-/// Result of `bench mesh`.
-#[derive(Debug, Serialize)]
-pub struct MeshReport {
-    /// Nodes per run.
-    pub nodes: usize,
-    /// Time from spawning the nodes to a full mesh, per run, in milliseconds.
-    pub ready_ms: Vec<u128>,
-    /// Mean resident memory of a node with `nodes - 1` idle links, in KiB.
-    pub rss_kib: u64,
-    /// Mean resident memory of a node in a 2-node mesh (1 link), in KiB.
-    pub rss_kib_one_link: u64,
-    /// Memory an idle link adds, in KiB: the difference over the extra links.
-    pub kib_per_idle_link: f64,
-}
-
-/// Mean VmRSS of the cluster's nodes, in KiB.
-fn mean_rss_kib(cluster: &LocalCluster) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for n in &cluster.file.nodes {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid))?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .context("no VmRSS")?;
-        total += rss;
-    }
-    Ok(total / cluster.file.nodes.len() as u64)
-}
-
-/// How long idle links settle before memory is read (first heartbeats, buffers).
-pub const SETTLE: Duration = Duration::from_secs(2);
-
-/// Time to a full mesh of `nodes` processes, `runs` times, and the memory an idle link costs.
-pub fn mesh(nodes: usize, runs: usize) -> anyhow::Result<MeshReport> {
-    if nodes < 3 {
-        bail!("--nodes {nodes}: must be at least 3 (the memory estimate compares with a 2-node mesh)");
-    }
-    if runs == 0 {
-        bail!("--runs 0: must be at least 1");
-    }
-    let mut ready_ms = Vec::new();
-    let mut rss_kib = 0;
-    for _ in 0..runs {
-        let cluster = LocalCluster::start(&std::env::temp_dir(), &cluster_options(nodes))?;
-        let ready = cluster.wait_ready(Duration::from_secs(30))?;
-        ready_ms.push(ready.as_millis());
-        std::thread::sleep(SETTLE);
-        rss_kib = mean_rss_kib(&cluster)?;
-        let dir = cluster.dir.clone();
-        drop(cluster);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let pair = LocalCluster::start(&std::env::temp_dir(), &cluster_options(2))?;
-    pair.wait_ready(Duration::from_secs(30))?;
-    std::thread::sleep(SETTLE);
-    let rss_kib_one_link = mean_rss_kib(&pair)?;
-    let dir = pair.dir.clone();
-    drop(pair);
-    let _ = std::fs::remove_dir_all(dir);
-    let extra_links = (nodes - 2) as f64;
-    Ok(MeshReport {
-        nodes,
-        ready_ms,
-        rss_kib,
-        rss_kib_one_link,
-        kib_per_idle_link: ((rss_kib as f64 - rss_kib_one_link as f64) / extra_links * 10.0).round() / 10.0,
-    })
-}
-
-/// Render a mesh report for people.
-pub fn render_mesh(r: &MeshReport) -> String {
-    format!(
-        "{}-node mesh fully up in (ms): {:?} (target < 2000)\n\
-         node memory: {} KiB with {} idle links, {} KiB with 1: about {} KiB per idle link (target <= 64 KiB)",
-        r.nodes,
-        r.ready_ms,
-        r.rss_kib,
-        r.nodes - 1,
-        r.rss_kib_one_link,
-        r.kib_per_idle_link
     )
 }

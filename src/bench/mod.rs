@@ -1,0 +1,37 @@
+//! `sipmesh bench`: measurements an operator can run on their own machine.
+//!
+//! - `relay` (`relay.rs`): a 2-node cluster; a sender registered at node A
+//!   sends MESSAGEs at a fixed rate to a responder registered at node B (so
+//!   every transaction crosses A → MTLS → B and back). Reports latency
+//!   percentiles, answered/failed counts, and the CPU each node spent per
+//!   transaction (from `/proc/<pid>/stat`), next to the design targets. Its
+//!   clients are [`crate::ua`] connections.
+//! - `mesh` (`mesh.rs`): time from starting N node processes to a full mesh,
+//!   and the memory an idle link costs.
+//!
+//! Load is open-loop (paced by the clock, not by answers), bounded in count
+//! and time, and only ever sent to the cluster it starts on 127.0.0.1.
+
+mod mesh;
+mod relay;
+
+pub use mesh::{mesh, render_mesh, MeshReport, SETTLE};
+pub use relay::{
+    relay, render_relay, RelayOptions, RelayReport, DRAIN, MAX_DURATION, MAX_TRANSACTIONS, TARGET_P99_MS,
+    TARGET_RELAY_US,
+};
+
+use crate::cluster::UpOptions;
+
+/// The cluster a bench starts: `cluster up` defaults.
+fn cluster_options(nodes: usize) -> UpOptions {
+    UpOptions {
+        nodes: Some(nodes),
+        dir: None,
+        domain: "contoso.test".into(),
+        heartbeat_ms: sipmesh_actors::config::DEFAULT_HEARTBEAT_MS,
+        backoff_cap_ms: 1000,
+        t1_ms: sipmesh_actors::config::DEFAULT_T1_MS,
+        digest_algorithms: None,
+    }
+}
