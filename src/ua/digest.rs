@@ -2,6 +2,7 @@
 //! [`authorization_header`], and REGISTER around one challenge.
 
 use sipmesh_actors::auth::{authorization_header, Algorithm};
+use sipmesh_actors::sip::digest::DigestParams;
 use sipmesh_actors::sip::{HeaderName, SipMessage};
 
 use super::UaError;
@@ -9,24 +10,8 @@ use super::UaError;
 /// The value of `name=` in a Digest challenge (quoted or token); the name
 /// matches case-insensitively and only as a whole parameter name.
 pub fn challenge_param(challenge: &str, name: &str) -> Option<String> {
-    let lower = challenge.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(i) = lower[from..].find(name) {
-        let at = from + i;
-        from = at + name.len();
-        let before = lower[..at].chars().last();
-        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-') {
-            continue;
-        }
-        let rest = challenge[at + name.len()..].trim_start();
-        let Some(rest) = rest.strip_prefix('=') else { continue };
-        let rest = rest.trim_start();
-        return Some(match rest.strip_prefix('"') {
-            Some(q) => q.split('"').next().unwrap_or("").to_owned(),
-            None => rest.split([',', ' ']).next().unwrap_or("").to_owned(),
-        });
-    }
-    None
+    // The node's own grammar (one parser for challenges and credentials).
+    DigestParams::parse(challenge).ok()?.get(name).map(str::to_owned)
 }
 
 /// Who answers a Digest challenge, and how.
