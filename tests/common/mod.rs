@@ -12,6 +12,8 @@
 //! - `poll.rs`: [`eventually`] / [`poll_until`], bounded polling, and the deadlines.
 //! - `proc.rs`: [`ProcGuard`], [`free_addr`], the `/proc` helpers
 //!   ([`established_between`]).
+//! - `inprocess.rs`: nodes inside the test's own actix System, handed
+//!   listeners bound on port 0, on a paused clock for timer tests.
 //! - `tls.rs`: tokio-rustls client helpers for tests that speak to a mesh
 //!   port, and the CA directory helper [`Pki`].
 //!
@@ -22,6 +24,7 @@
 
 mod cluster;
 mod debug;
+pub mod inprocess;
 mod poll;
 mod proc;
 mod single_node;

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::stream::SplitSink;
@@ -24,6 +24,8 @@ use rand::Rng;
 use sipmesh_state::{Fqdn, TrustedServer};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+// tokio's clock (std's in production) so link timers run on a paused clock in tests.
+use tokio::time::Instant;
 use tokio_rustls::TlsStream;
 use tokio_util::codec::Framed;
 

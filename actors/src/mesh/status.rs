@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as TimerInstant;
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sipmesh_state::{Fqdn, Role, Topology};
@@ -64,7 +66,7 @@ pub struct LinkInfo {
     /// Topology version the peer reported in its hello.
     pub peer_topology_version: Option<u64>,
     /// When the next dial is due, while waiting.
-    pub next_dial: Option<Instant>,
+    pub next_dial: Option<TimerInstant>,
     /// The peer's certificate chain of the current session, for re-checks.
     pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
@@ -187,7 +189,7 @@ impl LinkStatus {
             peer_topology_version: i.peer_topology_version,
             redial_in_ms: i
                 .next_dial
-                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+                .map(|t| t.saturating_duration_since(TimerInstant::now()).as_millis() as u64),
         }
     }
 }
