@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`pki`]: a small file-based CA (init, issue, revoke, CRL) for labs and tests.
+//! - [`pki`]: a small file-based CA for labs and tests, one file per step (CA init,
+//!   issue, revoke and CRL) plus the index, name checks, serials and atomic writes.
 //! - [`bench`](mod@bench): `sipmesh bench relay|mesh`, load generation and measurements.
 //! - [`cluster`]: `cluster up|down`, the local cluster and its `cluster.json`.
 //! - [`ctl`]: the debug-socket client behind `sipmesh ctl`, and its tables.
