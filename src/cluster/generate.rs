@@ -1,7 +1,7 @@
 //! What `cluster up` writes for a new cluster: a CA, one certificate and
 //! `node.toml` per node, the CRL, the demo users and the signed topology.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use sipmesh_actors::config::{MeshTiming, NodeConfig, SipConfig, TlsPaths};
 use sipmesh_state::{Fqdn, Role, Topology, TrustedServer};
 
 use super::file::write_private;
+use super::spawn::NodeSockets;
 use super::{ClusterFile, ClusterNode, ClusterUser, UpOptions, DEMO_USERS};
 use crate::pki;
 
@@ -22,19 +23,11 @@ fn password() -> String {
         .collect()
 }
 
-/// Reserve `n` distinct free loopback ports (kernel-chosen ephemeral ports).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<_, _>>()
-        .context("cannot reserve loopback ports")?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-pub(super) fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFile> {
+/// Write a new cluster into `dir`, one node per entry of `sockets`, whose
+/// addresses become the nodes' addresses in the topology.
+pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) -> anyhow::Result<ClusterFile> {
     let ca_dir = dir.join("ca");
     let ca = pki::init_ca(&ca_dir, "sipmesh Local Root CA")?;
-    let ports = free_ports(2 * n)?;
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut members = Vec::new();
     let mut nodes = Vec::new();
@@ -58,14 +51,14 @@ pub(super) fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result
     };
     let users_path = dir.join("users.toml");
     write_private(&users_path, &users_file.to_toml())?;
-    for i in 0..n {
+    for (i, sockets) in sockets.iter().enumerate() {
         let fqdn = Fqdn::new(&format!("fe{}.{}", i + 1, opts.domain)).context("--domain")?;
         let node_dir = dir.join(format!("fe{}", i + 1));
         let mut issue = pki::IssueOptions::new(fqdn.as_str());
         issue.ips = vec![localhost];
         let cert = pki::issue(&ca_dir, &issue, &node_dir)?;
-        let mesh_addr = SocketAddr::new(localhost, ports[2 * i]);
-        let client_addr = SocketAddr::new(localhost, ports[2 * i + 1]);
+        let mesh_addr = sockets.mesh_addr()?;
+        let client_addr = sockets.client_addr()?;
         members.push(TrustedServer {
             fqdn: fqdn.clone(),
             role: Role::FrontEnd,

@@ -3,6 +3,10 @@
 //! `up` makes a CA, one certificate per node, a CRL and a topology, writes each
 //! node's `node.toml`, starts one `sipmesh node run` process per node and
 //! writes `DIR/cluster.json` (the "local cluster contract" scripts rely on).
+//! The launcher binds each node's mesh and client sockets itself, writes their
+//! addresses into the topology and hands the sockets to the node by socket
+//! activation ([`crate::listenfds`]): no port is released and bound again, so
+//! no other process can take one in between.
 //! It stays in the foreground; Ctrl-C, SIGTERM or SIGHUP stop the nodes.
 //! Nodes also die with the launcher if it is killed (parent-death signal).
 //! Running `up` again on a stopped cluster's directory restarts the same nodes
@@ -12,14 +16,13 @@
 //!
 //! - `file.rs`: [`ClusterFile`] and its parts, `cluster.json` itself.
 //! - `generate.rs`: the CA, certificates, `node.toml` files and topology of a new cluster.
-//! - `spawn.rs`: [`LocalCluster`] and stopping node processes.
+//! - `spawn.rs`: the launcher's sockets, node processes, [`LocalCluster`].
 
 mod file;
 mod generate;
 mod spawn;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -28,8 +31,8 @@ use nix::unistd::Pid;
 
 pub use self::file::{ClusterFile, ClusterNode, ClusterUser};
 use self::generate::generate;
-use self::spawn::stop_children;
 pub use self::spawn::LocalCluster;
+use self::spawn::{node_command, stop_children, NodeSockets};
 
 /// Environment variable through which the launcher tells a node its pid, so
 /// the node can ask for a parent-death signal.
@@ -97,7 +100,7 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
         None => fresh_dir()?,
     };
-    let mut cluster = if dir.join(CLUSTER_FILE).exists() {
+    let (mut cluster, sockets) = if dir.join(CLUSTER_FILE).exists() {
         let old = ClusterFile::load(&dir)?;
         let live = old.live_pids();
         if !live.is_empty() {
@@ -115,7 +118,12 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         println!("restarting the cluster in {}", dir.display());
-        old
+        let sockets = old
+            .nodes
+            .iter()
+            .map(NodeSockets::again)
+            .collect::<anyhow::Result<_>>()?;
+        (old, sockets)
     } else {
         if std::fs::read_dir(&dir)?.next().is_some() {
             bail!(
@@ -124,34 +132,31 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         println!("creating a {n}-node cluster in {}", dir.display());
-        generate(&dir, n, &opts)?
+        let sockets: Vec<_> = (0..n).map(|_| NodeSockets::fresh()).collect::<anyhow::Result<_>>()?;
+        (generate(&dir, &opts, &sockets)?, sockets)
     };
     cluster.launcher_pid = std::process::id();
     // Children must be spawned from this (main) thread: the parent-death
     // signal fires when the spawning thread exits.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_cluster(&dir, cluster))
+    rt.block_on(run_cluster(&dir, cluster, sockets))
 }
 
-async fn run_cluster(dir: &Path, mut cluster: ClusterFile) -> anyhow::Result<()> {
+async fn run_cluster(dir: &Path, mut cluster: ClusterFile, sockets: Vec<NodeSockets>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let exe = std::env::current_exe().context("cannot find the sipmesh executable")?;
     let mut children = Vec::new();
-    for node in &mut cluster.nodes {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = tokio::process::Command::new(&exe)
-            .args(["node", "run", "--config"])
-            .arg(&node.config)
-            .env(PARENT_PID_ENV, std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+    for (node, sockets) in cluster.nodes.iter_mut().zip(sockets) {
+        let mut cmd = tokio::process::Command::from(node_command(&exe, node, sockets)?);
+        let child = cmd
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {}", node.fqdn))?;
+        // The node owns its sockets now: close our copies.
+        drop(cmd);
         node.pid = child.id().unwrap_or(0);
         children.push((node.fqdn.clone(), child, false));
     }

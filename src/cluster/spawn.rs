@@ -1,8 +1,16 @@
-//! The node processes: [`LocalCluster`], a cluster whose nodes are children
-//! of this process (benchmarks), and stopping the children of `cluster up`.
+//! The node processes and the sockets handed to them.
+//!
+//! - [`NodeSockets`]: a node's mesh and client listeners, bound by the
+//!   launcher before the topology names their ports.
+//! - [`node_command`]: `sipmesh node run` with those sockets as fds 3 and 4
+//!   (systemd socket activation, see [`crate::listenfds`]), its log and the
+//!   parent-death pid.
+//! - [`stop_children`]: SIGTERM, then SIGKILL, for the children of `cluster up`.
+//! - [`LocalCluster`]: a cluster whose nodes are children of this process (benchmarks).
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -10,8 +18,99 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::generate::generate;
-use super::{mesh_ready, ClusterFile, UpOptions, MAX_NODES, PARENT_PID_ENV, STOP_TIMEOUT};
+use super::{mesh_ready, ClusterFile, ClusterNode, UpOptions, CLUSTER_FILE, MAX_NODES, PARENT_PID_ENV, STOP_TIMEOUT};
+use crate::listenfds;
 
+/// The listening sockets of one node. The launcher binds them, writes their
+/// addresses into the topology and hands them to the node process, so no
+/// port is released in between for another process to take.
+#[derive(Debug)]
+pub(super) struct NodeSockets {
+    mesh: TcpListener,
+    client: TcpListener,
+}
+
+/// Backlog of the sockets the launcher binds: that of tokio's
+/// `TcpListener::bind`, which nodes had when they bound their own ports.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listening TCP socket (close-on-exec, as every socket socket2 makes).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As tokio and std do: a restarted cluster rebinds ports left in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl NodeSockets {
+    /// Two loopback ports the kernel chooses.
+    pub(super) fn fresh() -> anyhow::Result<NodeSockets> {
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let bind = || listen(any).context("cannot bind a loopback port");
+        Ok(NodeSockets {
+            mesh: bind()?,
+            client: bind()?,
+        })
+    }
+
+    /// The addresses `node` had before (restarting a stopped cluster).
+    pub(super) fn again(node: &ClusterNode) -> anyhow::Result<NodeSockets> {
+        let bind = |addr: SocketAddr, what: &str| {
+            listen(addr).with_context(|| {
+                format!(
+                    "cannot bind {addr} again, the {what} address of {} in {CLUSTER_FILE}",
+                    node.fqdn
+                )
+            })
+        };
+        Ok(NodeSockets {
+            mesh: bind(node.mesh_addr, "mesh")?,
+            client: bind(node.client_addr, "client")?,
+        })
+    }
+
+    /// The mesh socket's address.
+    pub(super) fn mesh_addr(&self) -> std::io::Result<SocketAddr> {
+        self.mesh.local_addr()
+    }
+
+    /// The client socket's address.
+    pub(super) fn client_addr(&self) -> std::io::Result<SocketAddr> {
+        self.client.local_addr()
+    }
+}
+
+/// `exe node run --config ...` for `node`: stdout and stderr appended to its
+/// log, the launcher's pid in [`PARENT_PID_ENV`], and `sockets` handed over.
+/// The command owns the sockets: drop it once spawned, so that the node
+/// holds the only copies and a stopped node frees its ports.
+pub(super) fn node_command(exe: &Path, node: &ClusterNode, sockets: NodeSockets) -> anyhow::Result<Command> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .with_context(|| format!("cannot open {}", node.log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["node", "run", "--config"])
+        .arg(&node.config)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    listenfds::hand_over(
+        &mut cmd,
+        vec![
+            (listenfds::MESH, sockets.mesh.into()),
+            (listenfds::CLIENT, sockets.client.into()),
+        ],
+    )?;
+    Ok(cmd)
+}
+
+/// SIGTERM every child, then SIGKILL those still running after [`STOP_TIMEOUT`].
 pub(super) async fn stop_children(children: &mut [(String, tokio::process::Child, bool)]) {
     for (_, child, _) in children.iter() {
         if let Some(pid) = child.id() {
@@ -51,22 +150,19 @@ impl LocalCluster {
         }
         let dir = parent.join(format!("sipmesh-bench-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
-        let mut file = generate(&dir, n, opts)?;
+        let sockets = (0..n)
+            .map(|_| NodeSockets::fresh())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut file = generate(&dir, opts, &sockets)?;
         let exe = std::env::current_exe().context("cannot find the sipmesh executable")?;
         let spawned = Instant::now();
         let mut children = Vec::new();
-        for node in &mut file.nodes {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-            let child = std::process::Command::new(&exe)
-                .args(["node", "run", "--config"])
-                .arg(&node.config)
-                .env(PARENT_PID_ENV, std::process::id().to_string())
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {}", node.fqdn))?;
+        for (node, sockets) in file.nodes.iter_mut().zip(sockets) {
+            let mut cmd = node_command(&exe, node, sockets)?;
+            cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+            let child = cmd.spawn().with_context(|| format!("cannot start {}", node.fqdn))?;
+            // The node owns its sockets now: close our copies.
+            drop(cmd);
             node.pid = child.id();
             children.push(child);
         }
