@@ -266,6 +266,8 @@ fn init_logging() -> sipmesh_actors::admin::LogLevelHook {
 
 fn run_node(config: PathBuf) -> anyhow::Result<()> {
     let set_log_level = init_logging();
+    // Sockets from `cluster up` or systemd; first, as it edits the environment.
+    let inherited = sipmesh::listenfds::Inherited::from_env()?;
     if let Some(ppid) = std::env::var(cluster::PARENT_PID_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
@@ -293,7 +295,11 @@ fn run_node(config: PathBuf) -> anyhow::Result<()> {
         let hooks = sipmesh_actors::Hooks {
             set_log_level: Some(set_log_level),
         };
-        sipmesh_actors::run(sipmesh_actors::Listeners::default(), config, shutdown, hooks).await
+        let listeners = inherited
+            .into_listeners()
+            .context("cannot use the inherited listening sockets")?;
+        sipmesh_actors::run(listeners, config, shutdown, hooks).await?;
+        anyhow::Ok(())
     })?;
     Ok(())
 }

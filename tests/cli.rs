@@ -140,3 +140,34 @@ fn bad_values_on_the_command_line_are_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not a name!"), "{}", stderr(&out));
 }
+
+#[test]
+fn node_refuses_badly_named_inherited_sockets() {
+    // Checked before the config is read: no config file is needed.
+    let node = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "run", "--config", "/nonexistent-sipmesh-test/node.toml"]);
+        cmd.env_remove("LISTEN_PID").envs(env.iter().copied());
+        cmd.output().expect("run sipmesh")
+    };
+    let out = node(&[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "sipmesh.socket")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"error: LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh or client)"#
+    );
+    let out = node(&[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "mesh")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"error: LISTEN_FDS=2 but LISTEN_FDNAMES="mesh" names 1 socket(s)"#
+    );
+    // Sockets meant for another process are not ours: the node goes on to its config.
+    let out = node(&[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "mesh"), ("LISTEN_PID", "1")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: cannot read config"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -277,6 +277,97 @@ fn cluster_down_stops_everything() {
     assert!(gone.is_some(), "5 s after `cluster down`: {left}");
 }
 
+/// Each node's mesh and client ports are listening sockets that the node
+/// holds as fds 3 and 4, named by socket activation, and the launcher holds
+/// none of them: `cluster up` handed over the sockets it bound and wrote into
+/// the topology instead of releasing the ports for the node to bind again.
+fn assert_sockets_handed_over(info: &ClusterInfo, when: &str) {
+    let rows = tcp_rows();
+    let launcher = socket_inodes(info.launcher_pid);
+    for n in &info.nodes {
+        let environ = std::fs::read(format!("/proc/{}/environ", n.pid)).expect("node environ");
+        let environ: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        for var in [&b"LISTEN_FDS=2"[..], b"LISTEN_FDNAMES=mesh:client"] {
+            assert!(
+                environ.contains(&var),
+                "{when}: {} started without {}",
+                n.fqdn,
+                String::from_utf8_lossy(var)
+            );
+        }
+        for (fd, what, addr) in [(3, "mesh", n.mesh()), (4, "client", n.client())] {
+            let listening: Vec<u64> = rows
+                .iter()
+                .filter(|r| r.state == "0A" && r.local_port == addr.port())
+                .map(|r| r.inode)
+                .collect();
+            assert_eq!(
+                listening.len(),
+                1,
+                "{when}: {} {what} {addr}: LISTEN rows {listening:?}",
+                n.fqdn
+            );
+            let held = std::fs::read_link(format!("/proc/{}/fd/{fd}", n.pid))
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_else(|e| format!("<{e}>"));
+            assert_eq!(
+                held,
+                format!("socket:[{}]", listening[0]),
+                "{when}: {} fd {fd} is not its {what} socket {addr}",
+                n.fqdn
+            );
+            assert!(
+                !launcher.contains(&listening[0]),
+                "{when}: the launcher still holds {}'s {what} socket {addr}",
+                n.fqdn
+            );
+        }
+    }
+}
+
+#[test]
+fn cluster_up_hands_its_sockets_to_the_nodes() {
+    let mut c = Cluster::up(2, 200, 1_000);
+    assert_sockets_handed_over(&c.info, "first start");
+    let first = c.info.clone();
+
+    // Stopped and started again on its directory, the cluster binds the same
+    // addresses in the launcher (SO_REUSEADDR: mesh connections left TIME_WAIT
+    // behind on those ports) and hands them over again.
+    kill(Pid::from_raw(c.launcher.pid()), Signal::SIGTERM).expect("SIGTERM the launcher");
+    let status = c
+        .launcher
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("launcher still running 10 s after SIGTERM\n{}", c.logs()));
+    assert!(status.success(), "launcher: {status}\n{}", c.logs());
+    let mut again = Command::new(BIN);
+    again
+        .args(["cluster", "up", "--dir"])
+        .arg(&c.dir)
+        .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000"]);
+    let again_log = c.tmp.path().join("launcher-again.log");
+    let relauncher = ProcGuard::spawn("cluster up again", again, &again_log);
+    let pid = relauncher.pid();
+    c.extra.push(relauncher);
+    let json = c.dir.join("cluster.json");
+    let info = poll_until(CLUSTER_UP_DEADLINE, POLL, || {
+        let info: ClusterInfo = serde_json::from_str(&std::fs::read_to_string(&json).ok()?).ok()?;
+        (info.launcher_pid == pid).then_some(info)
+    })
+    .unwrap_or_else(|| panic!("no cluster.json from the second launcher:\n{}", tail(&again_log, 40)));
+    c.info = info;
+    for (before, after) in first.nodes.iter().zip(&c.info.nodes) {
+        assert_eq!(
+            (&before.mesh_addr, &before.client_addr),
+            (&after.mesh_addr, &after.client_addr),
+            "{}: addresses after restart",
+            after.fqdn
+        );
+    }
+    c.wait_full_mesh(CLUSTER_UP_DEADLINE);
+    assert_sockets_handed_over(&c.info, "restart");
+}
+
 #[test]
 fn launcher_killed_takes_nodes_with_it() {
     let mut c = Cluster::up(3, 200, 1_000);

@@ -54,6 +54,13 @@ impl NodeInfo {
             .parse()
             .unwrap_or_else(|e| panic!("{}: mesh_addr {:?}: {e}", self.fqdn, self.mesh_addr))
     }
+
+    /// The SIP client address.
+    pub fn client(&self) -> SocketAddr {
+        self.client_addr
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: client_addr {:?}: {e}", self.fqdn, self.client_addr))
+    }
 }
 
 /// A local cluster started with `sipmesh cluster up`; everything is killed on drop.
