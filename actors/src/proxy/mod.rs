@@ -322,17 +322,16 @@ impl Proxy {
             Some(MeshRoute::Home { flow }) => route::at_home(&mut msg, &source, identity, flow, self),
             _ => route::by_request(&mut msg, &source, identity, self),
         };
-        let next = match routed {
-            Ok(Routed::Next(n)) => n,
+        let routed = match routed {
             Ok(Routed::Local(local)) => return self.answer_local(local, &source, &msg, identity),
+            Ok(r) => r,
             Err(why) => return self.reject(&source, &msg, why),
         };
         if mf == 0 {
             return self.reject(&source, &msg, SipReject::TooManyHops);
         }
         msg.set_header(Header::new(HeaderName::MaxForwards, &(mf - 1).to_string()));
-        route::record_route(&mut msg, &source, &next, self.me());
-        self.forward(msg, key, source, next, origin, hash);
+        self.forward(msg, key, source, routed, origin, hash);
     }
 
     /// A request this node answers itself (REGISTER at the home, OPTIONS).
@@ -433,7 +432,7 @@ impl RoutingView for Proxy {
         }
     }
 
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject> {
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {
         self.registrar.lookup(aor, crate::clock::now_secs()).map_err(|e| {
             tracing::error!(error = %e, "registrar lookup failed");
             SipReject::Unavailable

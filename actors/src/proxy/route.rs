@@ -8,8 +8,8 @@
 //! - [`by_request`]: the Route set (loose routing: pop our own entries,
 //!   remembering the flow of the last), then the Request-URI (REGISTER to the
 //!   AOR's home, requests for the domain or a node, users to their home).
-//! - [`at_home`]: at the home node: REGISTER is stored here, a user's binding
-//!   retargets the request to the node holding the flow.
+//! - [`at_home`]: at the home node: REGISTER is stored here, a user's request
+//!   forks to every binding ([`Target`]), wherever its flow is.
 //! - [`record_route`], [`loop_hash`], [`is_loop`]: what the proxy adds to a
 //!   forwarded request.
 
@@ -46,11 +46,26 @@ pub enum Local {
     Options,
 }
 
+/// One destination of a forked request (RFC 3261 §16.6): a registered
+/// contact and where its flow is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Where the flow of the contact is.
+    pub next: NextHop,
+    /// The Request-URI for this branch: the registered contact.
+    pub contact: String,
+    /// Its q-value in thousandths: higher groups are tried first.
+    pub q: u16,
+}
+
 /// The outcome of routing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Routed {
-    /// Forward.
+    /// Forward, Request-URI unchanged.
     Next(NextHop),
+    /// At the target's home: fork to every registered contact, highest q
+    /// first (never empty).
+    Fork(Vec<Target>),
     /// Answer here.
     Local(Local),
 }
@@ -69,8 +84,8 @@ pub trait RoutingView {
     fn home_of(&self, aor: &str) -> Option<Fqdn>;
     /// Whether `user` is a user of the domain.
     fn is_local_user(&self, user: &str) -> bool;
-    /// The binding to deliver a request for `aor` to (this node is its home).
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject>;
+    /// The live bindings of `aor` (this node is its home), highest q first.
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject>;
 }
 
 fn request_uri(msg: &SipMessage) -> Result<SipUri, SipReject> {
@@ -186,7 +201,7 @@ pub fn by_request(
 
 /// This node is the home of the request's target (or the request is for the
 /// node or the domain itself). `register_flow`: the flow a relayed REGISTER
-/// came in on at the relaying node. Retargets the Request-URI to the binding.
+/// came in on at the relaying node. A user's request forks to its bindings.
 pub fn at_home(
     msg: &mut SipMessage,
     source: &Source,
@@ -219,17 +234,29 @@ pub fn at_home(
     if !view.is_local_user(user) {
         return Err(SipReject::NotFound);
     }
-    let binding = view.binding(&ruri.aor())?.ok_or(SipReject::Unavailable)?;
-    // Retarget to the registered contact.
-    if let StartLine::Request { uri, .. } = &mut msg.start {
-        *uri = binding.contact.clone();
+    let bindings = view.bindings(&ruri.aor())?;
+    if bindings.is_empty() {
+        return Err(SipReject::Unavailable);
     }
-    if binding.flow_node == view.me().as_str() {
-        Ok(Routed::Next(NextHop::Flow(binding.flow_id)))
-    } else {
-        let node = Fqdn::new(&binding.flow_node).map_err(|_| SipReject::Unavailable)?;
-        Ok(Routed::Next(NextHop::Mesh(node, MeshRoute::Flow(binding.flow_id))))
+    let targets = bindings
+        .into_iter()
+        .filter_map(|b| {
+            let next = if b.flow_node == view.me().as_str() {
+                NextHop::Flow(b.flow_id)
+            } else {
+                NextHop::Mesh(Fqdn::new(&b.flow_node).ok()?, MeshRoute::Flow(b.flow_id))
+            };
+            Some(Target {
+                next,
+                contact: b.contact,
+                q: b.q,
+            })
+        })
+        .collect::<Vec<_>>();
+    if targets.is_empty() {
+        return Err(SipReject::Unavailable);
     }
+    Ok(Routed::Fork(targets))
 }
 
 /// Record-Route a dialog-creating request (INVITE or SUBSCRIBE outside a

@@ -14,23 +14,26 @@ struct View {
     members: Vec<Fqdn>,
     users: Vec<&'static str>,
     homes: HashMap<&'static str, Fqdn>,
-    bindings: HashMap<&'static str, Binding>,
+    bindings: HashMap<&'static str, Vec<Binding>>,
 }
 
 fn fqdn(s: &str) -> Fqdn {
     Fqdn::new(s).unwrap()
 }
 
+const CONTACT: &str = "sip:carol@127.0.0.1:5099;transport=tls";
+
 fn binding(aor: &str, flow_node: &str, flow_id: u64) -> Binding {
     Binding {
         aor: aor.into(),
-        contact: "sip:carol@127.0.0.1:5099;transport=tls".into(),
+        contact: CONTACT.into(),
         expires_at: u64::MAX,
         flow_node: flow_node.into(),
         flow_id,
         call_id: "reg".into(),
         cseq: 1,
         updated_at: 0,
+        q: 1000,
     }
 }
 
@@ -52,11 +55,11 @@ fn view() -> View {
         bindings: HashMap::from([
             (
                 "sip:carol@contoso.test",
-                binding("sip:carol@contoso.test", "fe3.contoso.test", 77),
+                vec![binding("sip:carol@contoso.test", "fe3.contoso.test", 77)],
             ),
             (
                 "sip:alice@contoso.test",
-                binding("sip:alice@contoso.test", "fe1.contoso.test", 5),
+                vec![binding("sip:alice@contoso.test", "fe1.contoso.test", 5)],
             ),
         ]),
     }
@@ -88,8 +91,8 @@ impl RoutingView for View {
     fn is_local_user(&self, user: &str) -> bool {
         self.users.contains(&user)
     }
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject> {
-        Ok(self.bindings.get(aor).cloned())
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {
+        Ok(self.bindings.get(aor).cloned().unwrap_or_default())
     }
 }
 
@@ -125,6 +128,14 @@ fn mesh(node: &str, route: MeshRoute) -> Result<Routed, SipReject> {
     Ok(Routed::Next(NextHop::Mesh(fqdn(node), route)))
 }
 
+fn fork(next: NextHop) -> Result<Routed, SipReject> {
+    Ok(Routed::Fork(vec![Target {
+        next,
+        contact: CONTACT.into(),
+        q: 1000,
+    }]))
+}
+
 #[test]
 fn request_uri_outcomes() {
     let home = MeshRoute::Home { flow: None };
@@ -137,12 +148,12 @@ fn request_uri_outcomes() {
         (
             "user homed here, flow on fe3",
             req("MESSAGE", "sip:carol@contoso.test", &[]),
-            mesh("fe3.contoso.test", MeshRoute::Flow(77)),
+            fork(NextHop::Mesh(fqdn("fe3.contoso.test"), MeshRoute::Flow(77))),
         ),
         (
             "user homed here, flow here",
             req("INVITE", "sip:alice@contoso.test", &[]),
-            Ok(Routed::Next(NextHop::Flow(5))),
+            fork(NextHop::Flow(5)),
         ),
         (
             "unknown user: 404",
@@ -186,11 +197,34 @@ fn request_uri_outcomes() {
 }
 
 #[test]
-fn the_request_uri_is_retargeted_to_the_binding() {
-    let (r, msg) = route(req("MESSAGE", "sip:carol@contoso.test", &[]));
-    assert_eq!(r, mesh("fe3.contoso.test", MeshRoute::Flow(77)));
+fn a_user_with_several_devices_forks_to_each_highest_q_first() {
+    let mut v = view();
+    let mut phone = binding("sip:carol@contoso.test", "fe1.contoso.test", 3);
+    phone.contact = "sip:carol@127.0.0.1:6000;transport=tls".into();
+    phone.q = 500;
+    let desk = binding("sip:carol@contoso.test", "fe3.contoso.test", 77);
+    // The view hands bindings highest q first (the registrar sorts them).
+    v.bindings.insert("sip:carol@contoso.test", vec![desk, phone]);
+    let mut msg = req("MESSAGE", "sip:carol@contoso.test", &[]);
+    let r = by_request(&mut msg, &FLOW, Some("sip:alice@contoso.test"), &v);
+    assert_eq!(
+        r,
+        Ok(Routed::Fork(vec![
+            Target {
+                next: NextHop::Mesh(fqdn("fe3.contoso.test"), MeshRoute::Flow(77)),
+                contact: CONTACT.into(),
+                q: 1000
+            },
+            Target {
+                next: NextHop::Flow(3),
+                contact: "sip:carol@127.0.0.1:6000;transport=tls".into(),
+                q: 500
+            },
+        ]))
+    );
+    // Routing leaves the Request-URI to each branch.
     match &msg.start {
-        StartLine::Request { uri, .. } => assert_eq!(uri, "sip:carol@127.0.0.1:5099;transport=tls"),
+        StartLine::Request { uri, .. } => assert_eq!(uri, "sip:carol@contoso.test"),
         other => panic!("{other:?}"),
     }
 }
