@@ -78,8 +78,9 @@ pub trait RoutingView {
     fn domain(&self) -> &str;
     /// Whether `host:port` addresses this node (its FQDN or its client address).
     fn is_me(&self, host: &Host, port: Option<u16>) -> bool;
-    /// The topology member named `host`, if any.
-    fn member(&self, host: &Host) -> Option<Fqdn>;
+    /// The topology member `host:port` names (its FQDN, or its mesh
+    /// address as put in a mesh-facing Record-Route), if any.
+    fn member(&self, host: &Host, port: Option<u16>) -> Option<Fqdn>;
     /// The home node of `aor` among the up front-ends.
     fn home_of(&self, aor: &str) -> Option<Fqdn>;
     /// Whether `user` is a user of the domain.
@@ -145,11 +146,14 @@ pub fn by_request(
             return Err(SipReject::BadRequest("Bad Route".into()));
         };
         if view.is_me(&uri.host, uri.port) {
-            popped_flow = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok());
+            // Our client-facing entry names a flow; our mesh-facing one none.
+            if let Some(flow) = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok()) {
+                popped_flow = Some(flow);
+            }
             msg.remove_first(HeaderName::Route);
             continue;
         }
-        if let Some(member) = view.member(&uri.host) {
+        if let Some(member) = view.member(&uri.host, uri.port) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
         }
         return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
@@ -182,7 +186,7 @@ pub fn by_request(
         if view.is_me(&ruri.host, ruri.port) || is_domain(view, &ruri.host) {
             return at_home(msg, source, identity, None, view);
         }
-        if let Some(member) = view.member(&ruri.host) {
+        if let Some(member) = view.member(&ruri.host, ruri.port) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Home { flow: None })));
         }
     }
@@ -259,27 +263,55 @@ pub fn at_home(
     Ok(Routed::Fork(targets))
 }
 
+/// What this node puts in Record-Route: each side gets an entry it can
+/// reach (double Record-Route, RFC 5658).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRouteAs<'a> {
+    /// Towards clients: the advertised `HOST:PORT` of the client port.
+    pub client: &'a str,
+    /// Towards peers: the node's mesh address from the topology (an address,
+    /// so a phone's route set never holds a name it would try to resolve).
+    pub mesh: std::net::SocketAddr,
+}
+
+impl RecordRouteAs<'_> {
+    /// The entry facing a client, naming its flow (RFC 5626 `ob`).
+    pub fn client_entry(&self, flow: FlowId) -> String {
+        format!("<sip:{};transport=tls;lr;ob={flow}>", self.client)
+    }
+
+    /// The entry facing the mesh.
+    pub fn mesh_entry(&self) -> String {
+        format!("<sip:{};lr>", self.mesh)
+    }
+}
+
 /// Record-Route a dialog-creating request (INVITE or SUBSCRIBE outside a
-/// dialog) at the nodes holding the flows: one entry naming the flow on our
-/// side, two when both ends are on this node.
-pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, me: &Fqdn) {
+/// dialog) at the nodes holding the flows: an entry for each side of this
+/// node the request crosses, the outgoing side's on top. A client side names
+/// its flow; two client sides (both ends here) give two client entries.
+pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, rr: &RecordRouteAs<'_>) {
     let dialog_creating = matches!(msg.method(), Some(Method::Invite | Method::Subscribe))
         && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
     if !dialog_creating {
         return;
     }
-    let rr_flow = match (source, next) {
-        (Source::Flow(f), _) => Some(*f),
-        (_, NextHop::Flow(f)) => Some(*f),
-        _ => None,
+    let incoming = match source {
+        Source::Flow(f) => Some(rr.client_entry(*f)),
+        Source::Mesh(_) => None,
     };
-    if let Some(f) = rr_flow {
-        msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={f}>")));
+    let outgoing = match next {
+        NextHop::Flow(f) => Some(rr.client_entry(*f)),
+        NextHop::Mesh(..) => None,
+    };
+    if incoming.is_none() && outgoing.is_none() {
+        return; // transit between nodes (e.g. the home): not in the dialog
     }
-    if let (Source::Flow(a), NextHop::Flow(b)) = (source, next) {
-        if a != b {
-            msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={b}>")));
-        }
+    // Pushed to the front: the incoming side's first, so the outgoing side's
+    // ends up on top.
+    for entry in [incoming, outgoing] {
+        let entry = entry.unwrap_or_else(|| rr.mesh_entry());
+        msg.push_header_front(Header::new(HeaderName::RecordRoute, &entry));
     }
 }
 

@@ -289,7 +289,7 @@ impl Proxy {
                     uri.clone_from(&target.contact);
                 }
             }
-            route::record_route(&mut msg, &source, &target.next, self.me());
+            route::record_route(&mut msg, &source, &target.next, &self.record_route_as());
             let b = branch();
             msg.push_header_front(Header::new(
                 HeaderName::Via,
