@@ -132,7 +132,7 @@ async fn message_body_arrives_byte_identical_across_nodes() {
 
 #[tokio::test]
 async fn invite_ringing_answer_ack_bye_across_nodes() {
-    let (_cluster, mut alice, mut bob) = alice_and_bob().await;
+    let (cluster, mut alice, mut bob) = alice_and_bob().await;
     let invite = alice
         .request(
             "INVITE",
@@ -152,9 +152,29 @@ async fn invite_ringing_answer_ack_bye_across_nodes() {
         .into_iter()
         .map(|r| r.raw_uri)
         .collect();
-    assert_eq!(rr.len(), 2, "Record-Route of fe3 and fe1: {rr:?}");
-    assert!(rr[0].starts_with(&format!("sip:{};lr;ob=", fe(3))), "{rr:?}");
-    assert!(rr[1].starts_with(&format!("sip:{};lr;ob=", fe(1))), "{rr:?}");
+    // Each node faces each side with an entry that side can reach: fe3 its
+    // client port (bob's flow) and its mesh address, fe1 its mesh address and
+    // its client port (alice's flow). Addresses only: a phone resolves nothing.
+    let node = |n: usize| {
+        cluster
+            .info
+            .nodes
+            .iter()
+            .find(|i| i.fqdn == fe(n))
+            .expect("node")
+            .clone()
+    };
+    assert_eq!(rr.len(), 4, "double Record-Route of fe3 and fe1: {rr:?}");
+    assert!(
+        rr[0].starts_with(&format!("sip:{};transport=tls;lr;ob=", node(3).client_addr)),
+        "{rr:?}"
+    );
+    assert_eq!(rr[1], format!("sip:{};lr", node(3).mesh_addr), "{rr:?}");
+    assert_eq!(rr[2], format!("sip:{};lr", node(1).mesh_addr), "{rr:?}");
+    assert!(
+        rr[3].starts_with(&format!("sip:{};transport=tls;lr;ob=", node(1).client_addr)),
+        "{rr:?}"
+    );
     let mut bob_dialog = Dialog::uas(&inv);
     assert_eq!(bob_dialog.remote_target, alice.contact_uri());
 
@@ -199,8 +219,8 @@ async fn invite_ringing_answer_ack_bye_across_nodes() {
     );
     let mut alice_dialog = Dialog::uac(&invite, &ok);
     assert_eq!(alice_dialog.remote_target, bob.contact_uri());
-    assert_eq!(alice_dialog.route_set.len(), 2, "{:?}", alice_dialog.route_set);
-    assert!(alice_dialog.route_set[0].starts_with(&format!("<sip:{};lr;", fe(1))));
+    assert_eq!(alice_dialog.route_set.len(), 4, "{:?}", alice_dialog.route_set);
+    assert!(alice_dialog.route_set[0].starts_with(&format!("<sip:{};transport=tls;lr;", node(1).client_addr)));
 
     // ACK and BYE along the route set.
     alice_dialog.ack(&mut alice).await;
@@ -231,6 +251,77 @@ async fn invite_ringing_answer_ack_bye_across_nodes() {
     alice.respond(&info, 200, "OK", &[], b"").await;
     let (_, info_ok) = bob.final_response(&bob_bye, WAIT).await;
     assert_eq!(info_ok.status(), Some(200), "{}", text(&info_ok));
+}
+
+/// In-dialog requests go where the route set says, the way a phone sends
+/// them (RFC 3261 §12.2.1.1): to the first Route entry's address, here over a
+/// new TLS connection (a phone may keep its flow or open another). The
+/// entries name only addresses, and the flow tokens deliver to the other
+/// side's connection whichever connection the request comes in on.
+#[tokio::test]
+async fn in_dialog_requests_follow_the_route_set_on_new_connections() {
+    let (cluster, mut alice, mut bob) = alice_and_bob().await;
+    let invite = alice.request("INVITE", &aor("bob"), &[], b"").await;
+    let inv = bob.recv_request_method("INVITE", WAIT).await;
+    for r in inv.record_routes().expect("Record-Route") {
+        let uri = sipmesh_actors::sip::SipUri::parse(&r.raw_uri).expect("Record-Route URI");
+        assert!(uri.host.ip().is_some(), "a name in the route set: {}", r.raw_uri);
+    }
+    let mut bob_dialog = Dialog::uas(&inv);
+    let contact = format!("Contact: <{}>", bob.contact_uri());
+    bob.respond(&inv, 200, "OK", std::slice::from_ref(&contact), b"").await;
+    let (_, ok) = alice.final_response(&invite, WAIT).await;
+    assert_eq!(ok.status(), Some(200), "{}", text(&ok));
+    let mut alice_dialog = Dialog::uac(&invite, &ok);
+    assert_eq!(alice_dialog.first_hop(), client_addr(&cluster, &fe(1)));
+    assert_eq!(bob_dialog.first_hop(), client_addr(&cluster, &fe(3)));
+
+    // alice's ACK and BYE from a second connection to her first hop.
+    let ca = ca_path(&cluster);
+    let mut alice2 = Ua::connect(alice_dialog.first_hop(), &ca, "alice", &password(&cluster, "alice")).await;
+    alice_dialog.ack(&mut alice2).await;
+    let ack = bob.recv_request_method("ACK", WAIT).await;
+    assert_eq!(cseq(&ack), (invite.cseq, "ACK".to_owned()));
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    let bye = alice_dialog.send_request(&mut alice2, "BYE").await;
+    let (_, challenge) = alice2.final_response(&bye, WAIT).await;
+    assert_eq!(
+        challenge.status(),
+        Some(407),
+        "a new connection proves who it is: {}",
+        text(&challenge)
+    );
+    let creds = alice2.credentials_for_uri(&challenge, "BYE", &bob.contact_uri());
+    let mut with_creds = alice_dialog.request(&alice2, "BYE", alice_dialog.local_cseq + 1, b"");
+    alice_dialog.local_cseq += 1;
+    with_creds
+        .msg
+        .push_header_front(Header::new(HeaderName::ProxyAuthorization, &creds));
+    alice2.send(&with_creds.msg).await;
+    let got = bob.recv_request_method("BYE", WAIT).await;
+    assert!(got.header(HeaderName::Route).is_none(), "{}", text(&got));
+    bob.respond(&got, 200, "OK", &[], b"").await;
+    let (_, bye_ok) = alice2.final_response(&with_creds, WAIT).await;
+    assert_eq!(bye_ok.status(), Some(200), "{}", text(&bye_ok));
+
+    // bob, from a second connection to his first hop, reaches alice's first flow.
+    let mut bob2 = Ua::connect(bob_dialog.first_hop(), &ca, "bob", &password(&cluster, "bob")).await;
+    let info = bob_dialog.send_request(&mut bob2, "INFO").await;
+    let (_, challenge) = bob2.final_response(&info, WAIT).await;
+    assert_eq!(challenge.status(), Some(407), "{}", text(&challenge));
+    let creds = bob2.credentials_for_uri(&challenge, "INFO", &alice.contact_uri());
+    bob_dialog.local_cseq += 1;
+    let mut with_creds = bob_dialog.request(&bob2, "INFO", bob_dialog.local_cseq, b"");
+    with_creds
+        .msg
+        .push_header_front(Header::new(HeaderName::ProxyAuthorization, &creds));
+    bob2.send(&with_creds.msg).await;
+    let got = alice.recv_request_method("INFO", WAIT).await;
+    assert_eq!(request_uri(&got), alice.contact_uri());
+    alice.respond(&got, 200, "OK", &[], b"").await;
+    let (_, r) = bob2.final_response(&with_creds, WAIT).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
 }
 
 #[tokio::test]
@@ -778,7 +869,7 @@ async fn subscribe_notify_and_unknown_methods_cross_the_mesh() {
         )
         .await;
     let got = bob.recv_request_method("SUBSCRIBE", WAIT).await;
-    assert_eq!(got.record_routes().expect("Record-Route").len(), 2, "{}", text(&got));
+    assert_eq!(got.record_routes().expect("Record-Route").len(), 4, "{}", text(&got));
     let mut bob_dialog = Dialog::uas(&got);
     let contact = format!("Contact: <{}>", bob.contact_uri());
     bob.respond(&got, 200, "OK", &[contact, "Expires: 600".into()], b"")

@@ -88,6 +88,12 @@ pub struct SipConfig {
     pub certs: Vec<(PathBuf, PathBuf)>,
     /// Digest algorithms offered and accepted, in challenge order.
     pub digest_algorithms: Vec<crate::auth::Algorithm>,
+    /// `HOST:PORT` clients reach this node's client port at, put in its
+    /// Record-Route (`<sip:HOST:PORT;transport=tls;lr;...>`): an FQDN:port
+    /// where DNS names the node or its pool, or an IP:port. `None`: the
+    /// client listener's own address (what `cluster up` uses, so nothing
+    /// needs DNS).
+    pub advertise: Option<String>,
 }
 
 impl Default for SipConfig {
@@ -107,6 +113,7 @@ impl Default for SipConfig {
             // phones) answer only the first challenge and know only MD5;
             // SHA-256 (RFC 8760) is offered next for those that can.
             digest_algorithms: vec![crate::auth::Algorithm::Md5, crate::auth::Algorithm::Sha256],
+            advertise: None,
         }
     }
 }
@@ -215,6 +222,7 @@ struct RawSip {
     #[serde(default)]
     certs: Vec<RawCert>,
     digest_algorithms: Option<Vec<String>>,
+    advertise: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +368,10 @@ impl NodeConfig {
                     })
                     .collect::<Result<_, _>>()?,
             },
+            advertise: match rs.advertise {
+                Some(a) => Some(check_advertise(&a).map_err(|m| invalid("sip.advertise", m))?),
+                None => None,
+            },
         };
         if sip.min_expires > sip.max_expires {
             return Err(invalid(
@@ -455,11 +467,33 @@ impl NodeConfig {
             .map(|a| format!("\"{}\"", a.as_str()))
             .collect();
         s += &format!("digest_algorithms = [{}]\n", algs.join(", "));
+        if let Some(a) = &p.advertise {
+            s += &format!("advertise = {}\n", toml_str(a));
+        }
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
         s
     }
+}
+
+/// `sip.advertise`: `FQDN:PORT`, `IPv4:PORT` or `[IPv6]:PORT`, returned as given.
+fn check_advertise(value: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("{value:?} {why} (expected HOST:PORT, e.g. \"sip.contoso.test:5061\")");
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(bad("has port 0"))
+        } else {
+            Ok(value.to_owned())
+        };
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("has a bad port")),
+    }
+    Fqdn::new(host).map_err(|e| bad(&format!("has a bad host ({e})")))?;
+    Ok(value.to_owned())
 }
 
 fn toml_str(s: &str) -> String {

@@ -476,6 +476,7 @@ mod tests {
             call_id: "c1".into(),
             cseq: 2,
             updated_at: 1_999_999_000,
+            q: crate::binding::Q_DEFAULT,
         };
         {
             let store = Store::open(&path).unwrap();

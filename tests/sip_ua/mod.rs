@@ -544,6 +544,20 @@ impl Ua {
         }
     }
 
+    /// Digest credentials for `method` on `uri` (the Request-URI of the
+    /// challenged request, RFC 3261 §22.4), answering `challenge_resp`.
+    pub fn credentials_for_uri(&self, challenge_resp: &SipMessage, method: &str, uri: &str) -> String {
+        Credentials {
+            user: &self.user,
+            password: &self.password,
+            uri,
+            algorithms: ALGORITHMS,
+            cnonce: &rand_hex(),
+        }
+        .authorization(challenge_resp, method)
+        .unwrap_or_else(|e| panic!("{e} in:\n{}", text(challenge_resp)))
+    }
+
     /// Digest credentials answering the challenge of `challenge_resp` (a 401
     /// or 407) for `method` on `uri` sip:DOMAIN, with `password`: SHA-256 when
     /// offered, MD5 otherwise.
@@ -712,6 +726,21 @@ impl Dialog {
             from_tag,
             cseq: seq,
         }
+    }
+
+    /// Where in-dialog requests go (RFC 3261 §12.2.1.1, loose routing): the
+    /// address of the first Route entry, or of the remote target without one.
+    pub fn first_hop(&self) -> SocketAddr {
+        let uri = match self.route_set.first() {
+            Some(r) => r.trim_start_matches('<').trim_end_matches('>').to_owned(),
+            None => self.remote_target.clone(),
+        };
+        let parsed = sipmesh_actors::sip::SipUri::parse(&uri).unwrap_or_else(|e| panic!("route {uri}: {e}"));
+        let ip = parsed
+            .host
+            .ip()
+            .unwrap_or_else(|| panic!("the first hop {uri} names no address: a phone would have to resolve it"));
+        SocketAddr::new(ip, parsed.port.unwrap_or(5061))
     }
 
     /// Send the ACK for the 2xx (CSeq number of the INVITE).

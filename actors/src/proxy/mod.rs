@@ -109,6 +109,8 @@ pub struct Proxy {
     counters: Mutex<SipCounters>,
     /// The client listener's address (requests to it are addressed to this node).
     client_addr: SocketAddr,
+    /// `HOST:PORT` clients reach us at (`sip.advertise`, else `client_addr`).
+    advertise: String,
 }
 
 fn branch() -> String {
@@ -162,6 +164,7 @@ impl Proxy {
                 let f = shared.fqdn.as_str();
                 f.split_once('.').map_or(f, |(_, rest)| rest).to_owned()
             });
+        let advertise = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
         Ok(Proxy {
             failures: Mutex::new(FailureTracker::new(config.auth_retry_limit, AUTH_FAILURE_WINDOW)),
             registrar: Registrar::new(store, config.min_expires, config.max_expires),
@@ -172,6 +175,7 @@ impl Proxy {
             auth,
             txns: Mutex::default(),
             counters: Mutex::default(),
+            advertise,
             client_addr,
         })
     }
@@ -188,6 +192,14 @@ impl Proxy {
 
     fn me(&self) -> &Fqdn {
         &self.shared.fqdn
+    }
+
+    /// What this node puts in Record-Route.
+    fn record_route_as(&self) -> route::RecordRouteAs<'_> {
+        route::RecordRouteAs {
+            client: &self.advertise,
+            mesh: self.shared.mesh_addr,
+        }
     }
 
     fn txns(&self) -> MutexGuard<'_, Transactions> {
@@ -322,17 +334,16 @@ impl Proxy {
             Some(MeshRoute::Home { flow }) => route::at_home(&mut msg, &source, identity, flow, self),
             _ => route::by_request(&mut msg, &source, identity, self),
         };
-        let next = match routed {
-            Ok(Routed::Next(n)) => n,
+        let routed = match routed {
             Ok(Routed::Local(local)) => return self.answer_local(local, &source, &msg, identity),
+            Ok(r) => r,
             Err(why) => return self.reject(&source, &msg, why),
         };
         if mf == 0 {
             return self.reject(&source, &msg, SipReject::TooManyHops);
         }
         msg.set_header(Header::new(HeaderName::MaxForwards, &(mf - 1).to_string()));
-        route::record_route(&mut msg, &source, &next, self.me());
-        self.forward(msg, key, source, next, origin, hash);
+        self.forward(msg, key, source, routed, origin, hash);
     }
 
     /// A request this node answers itself (REGISTER at the home, OPTIONS).
@@ -398,17 +409,31 @@ impl RoutingView for Proxy {
 
     fn is_me(&self, host: &Host, port: Option<u16>) -> bool {
         let ip = match host {
-            Host::Domain(d) => return d == self.shared.fqdn.as_str(),
+            Host::Domain(d) => {
+                return d == self.shared.fqdn.as_str()
+                    || self.advertise.rsplit_once(':').is_some_and(|(h, p)| {
+                        h.eq_ignore_ascii_case(d) && port.is_none_or(|port| p == port.to_string())
+                    });
+            }
             Host::V4(ip) => std::net::IpAddr::V4(*ip),
             Host::V6(ip) => std::net::IpAddr::V6(*ip),
         };
-        self.client_addr.ip() == ip && port.is_none_or(|p| p == self.client_addr.port())
+        let at = |a: SocketAddr| a.ip() == ip && port.is_none_or(|p| p == a.port());
+        at(self.client_addr) || self.advertise.parse().is_ok_and(at) || port.is_some() && at(self.shared.mesh_addr)
     }
 
-    fn member(&self, host: &Host) -> Option<Fqdn> {
+    fn member(&self, host: &Host, port: Option<u16>) -> Option<Fqdn> {
+        let topology = self.shared.topology.load();
         match host {
-            Host::Domain(d) => self.shared.topology.load().member(d).map(|m| m.fqdn.clone()),
-            _ => None,
+            Host::Domain(d) => topology.member(d).map(|m| m.fqdn.clone()),
+            Host::V4(_) | Host::V6(_) => {
+                let addr = SocketAddr::new(host.ip()?, port?);
+                topology
+                    .members
+                    .iter()
+                    .find(|m| m.mesh_addr == addr)
+                    .map(|m| m.fqdn.clone())
+            }
         }
     }
 
@@ -433,7 +458,7 @@ impl RoutingView for Proxy {
         }
     }
 
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject> {
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {
         self.registrar.lookup(aor, crate::clock::now_secs()).map_err(|e| {
             tracing::error!(error = %e, "registrar lookup failed");
             SipReject::Unavailable

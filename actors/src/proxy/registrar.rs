@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use sipmesh_state::binding::{parse_q, Q_DEFAULT};
 use sipmesh_state::{Binding, Store, StoreError};
 
 use super::answer::SipReject;
@@ -97,6 +98,12 @@ impl Registrar {
                         return Err(SipReject::IntervalTooBrief(self.min_expires));
                     }
                     let granted = requested.min(self.max_expires);
+                    let q = match contact.param("q") {
+                        None => Q_DEFAULT,
+                        Some(v) => v
+                            .and_then(parse_q)
+                            .ok_or_else(|| SipReject::BadRequest("Bad Contact q".into()))?,
+                    };
                     if let Some(old) = bindings.iter().find(|b| b.contact == uri) {
                         if old.call_id == call_id && old.cseq >= cseq {
                             return Err(SipReject::BadRequest("Out Of Order REGISTER".into()));
@@ -117,6 +124,7 @@ impl Registrar {
                         call_id: call_id.clone(),
                         cseq,
                         updated_at: now,
+                        q,
                     });
                 }
             }
@@ -136,13 +144,14 @@ impl Registrar {
             .collect())
     }
 
-    /// The binding to deliver to: the most recently refreshed live one.
-    pub fn lookup(&self, aor: &str, now: u64) -> Result<Option<Binding>, StoreError> {
+    /// The bindings to deliver to: every live one, highest q first, the most
+    /// recently refreshed first among equal q (RFC 3261 §16.6: the proxy forks
+    /// to all of them, group by group).
+    pub fn lookup(&self, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError> {
         let pick = |list: &[Binding]| {
-            list.iter()
-                .filter(|b| b.expires_at > now)
-                .max_by_key(|b| b.updated_at)
-                .cloned()
+            let mut live: Vec<Binding> = list.iter().filter(|b| b.expires_at > now).cloned().collect();
+            live.sort_by(|a, b| b.q.cmp(&a.q).then(b.updated_at.cmp(&a.updated_at)));
+            live
         };
         // Hot path: pick under the lock instead of cloning the AOR's whole list.
         if let Some(list) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(aor) {

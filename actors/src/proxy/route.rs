@@ -8,8 +8,8 @@
 //! - [`by_request`]: the Route set (loose routing: pop our own entries,
 //!   remembering the flow of the last), then the Request-URI (REGISTER to the
 //!   AOR's home, requests for the domain or a node, users to their home).
-//! - [`at_home`]: at the home node: REGISTER is stored here, a user's binding
-//!   retargets the request to the node holding the flow.
+//! - [`at_home`]: at the home node: REGISTER is stored here, a user's request
+//!   forks to every binding ([`Target`]), wherever its flow is.
 //! - [`record_route`], [`loop_hash`], [`is_loop`]: what the proxy adds to a
 //!   forwarded request.
 
@@ -46,11 +46,26 @@ pub enum Local {
     Options,
 }
 
+/// One destination of a forked request (RFC 3261 §16.6): a registered
+/// contact and where its flow is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Where the flow of the contact is.
+    pub next: NextHop,
+    /// The Request-URI for this branch: the registered contact.
+    pub contact: String,
+    /// Its q-value in thousandths: higher groups are tried first.
+    pub q: u16,
+}
+
 /// The outcome of routing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Routed {
-    /// Forward.
+    /// Forward, Request-URI unchanged.
     Next(NextHop),
+    /// At the target's home: fork to every registered contact, highest q
+    /// first (never empty).
+    Fork(Vec<Target>),
     /// Answer here.
     Local(Local),
 }
@@ -63,14 +78,15 @@ pub trait RoutingView {
     fn domain(&self) -> &str;
     /// Whether `host:port` addresses this node (its FQDN or its client address).
     fn is_me(&self, host: &Host, port: Option<u16>) -> bool;
-    /// The topology member named `host`, if any.
-    fn member(&self, host: &Host) -> Option<Fqdn>;
+    /// The topology member `host:port` names (its FQDN, or its mesh
+    /// address as put in a mesh-facing Record-Route), if any.
+    fn member(&self, host: &Host, port: Option<u16>) -> Option<Fqdn>;
     /// The home node of `aor` among the up front-ends.
     fn home_of(&self, aor: &str) -> Option<Fqdn>;
     /// Whether `user` is a user of the domain.
     fn is_local_user(&self, user: &str) -> bool;
-    /// The binding to deliver a request for `aor` to (this node is its home).
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject>;
+    /// The live bindings of `aor` (this node is its home), highest q first.
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject>;
 }
 
 fn request_uri(msg: &SipMessage) -> Result<SipUri, SipReject> {
@@ -130,11 +146,14 @@ pub fn by_request(
             return Err(SipReject::BadRequest("Bad Route".into()));
         };
         if view.is_me(&uri.host, uri.port) {
-            popped_flow = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok());
+            // Our client-facing entry names a flow; our mesh-facing one none.
+            if let Some(flow) = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok()) {
+                popped_flow = Some(flow);
+            }
             msg.remove_first(HeaderName::Route);
             continue;
         }
-        if let Some(member) = view.member(&uri.host) {
+        if let Some(member) = view.member(&uri.host, uri.port) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
         }
         return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
@@ -167,7 +186,7 @@ pub fn by_request(
         if view.is_me(&ruri.host, ruri.port) || is_domain(view, &ruri.host) {
             return at_home(msg, source, identity, None, view);
         }
-        if let Some(member) = view.member(&ruri.host) {
+        if let Some(member) = view.member(&ruri.host, ruri.port) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Home { flow: None })));
         }
     }
@@ -186,7 +205,7 @@ pub fn by_request(
 
 /// This node is the home of the request's target (or the request is for the
 /// node or the domain itself). `register_flow`: the flow a relayed REGISTER
-/// came in on at the relaying node. Retargets the Request-URI to the binding.
+/// came in on at the relaying node. A user's request forks to its bindings.
 pub fn at_home(
     msg: &mut SipMessage,
     source: &Source,
@@ -219,40 +238,80 @@ pub fn at_home(
     if !view.is_local_user(user) {
         return Err(SipReject::NotFound);
     }
-    let binding = view.binding(&ruri.aor())?.ok_or(SipReject::Unavailable)?;
-    // Retarget to the registered contact.
-    if let StartLine::Request { uri, .. } = &mut msg.start {
-        *uri = binding.contact.clone();
+    let bindings = view.bindings(&ruri.aor())?;
+    if bindings.is_empty() {
+        return Err(SipReject::Unavailable);
     }
-    if binding.flow_node == view.me().as_str() {
-        Ok(Routed::Next(NextHop::Flow(binding.flow_id)))
-    } else {
-        let node = Fqdn::new(&binding.flow_node).map_err(|_| SipReject::Unavailable)?;
-        Ok(Routed::Next(NextHop::Mesh(node, MeshRoute::Flow(binding.flow_id))))
+    let targets = bindings
+        .into_iter()
+        .filter_map(|b| {
+            let next = if b.flow_node == view.me().as_str() {
+                NextHop::Flow(b.flow_id)
+            } else {
+                NextHop::Mesh(Fqdn::new(&b.flow_node).ok()?, MeshRoute::Flow(b.flow_id))
+            };
+            Some(Target {
+                next,
+                contact: b.contact,
+                q: b.q,
+            })
+        })
+        .collect::<Vec<_>>();
+    if targets.is_empty() {
+        return Err(SipReject::Unavailable);
+    }
+    Ok(Routed::Fork(targets))
+}
+
+/// What this node puts in Record-Route: each side gets an entry it can
+/// reach (double Record-Route, RFC 5658).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRouteAs<'a> {
+    /// Towards clients: the advertised `HOST:PORT` of the client port.
+    pub client: &'a str,
+    /// Towards peers: the node's mesh address from the topology (an address,
+    /// so a phone's route set never holds a name it would try to resolve).
+    pub mesh: std::net::SocketAddr,
+}
+
+impl RecordRouteAs<'_> {
+    /// The entry facing a client, naming its flow (RFC 5626 `ob`).
+    pub fn client_entry(&self, flow: FlowId) -> String {
+        format!("<sip:{};transport=tls;lr;ob={flow}>", self.client)
+    }
+
+    /// The entry facing the mesh.
+    pub fn mesh_entry(&self) -> String {
+        format!("<sip:{};lr>", self.mesh)
     }
 }
 
 /// Record-Route a dialog-creating request (INVITE or SUBSCRIBE outside a
-/// dialog) at the nodes holding the flows: one entry naming the flow on our
-/// side, two when both ends are on this node.
-pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, me: &Fqdn) {
+/// dialog) at the nodes holding the flows: an entry for each side of this
+/// node the request crosses, the outgoing side's on top. A client side names
+/// its flow; two client sides (both ends here) give two client entries.
+pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, rr: &RecordRouteAs<'_>) {
     let dialog_creating = matches!(msg.method(), Some(Method::Invite | Method::Subscribe))
         && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
     if !dialog_creating {
         return;
     }
-    let rr_flow = match (source, next) {
-        (Source::Flow(f), _) => Some(*f),
-        (_, NextHop::Flow(f)) => Some(*f),
-        _ => None,
+    let incoming = match source {
+        Source::Flow(f) => Some(rr.client_entry(*f)),
+        Source::Mesh(_) => None,
     };
-    if let Some(f) = rr_flow {
-        msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={f}>")));
+    let outgoing = match next {
+        NextHop::Flow(f) => Some(rr.client_entry(*f)),
+        NextHop::Mesh(..) => None,
+    };
+    if incoming.is_none() && outgoing.is_none() {
+        return; // transit between nodes (e.g. the home): not in the dialog
     }
-    if let (Source::Flow(a), NextHop::Flow(b)) = (source, next) {
-        if a != b {
-            msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={b}>")));
-        }
+    // Pushed to the front: the incoming side's first, so the outgoing side's
+    // ends up on top.
+    for entry in [incoming, outgoing] {
+        let entry = entry.unwrap_or_else(|| rr.mesh_entry());
+        msg.push_header_front(Header::new(HeaderName::RecordRoute, &entry));
     }
 }
 

@@ -17,6 +17,7 @@ use super::*;
 use crate::config::TlsPaths;
 use crate::sip::StartLine;
 use crate::trust::{TlsConfigs, TlsMaterial};
+use txn::COMPLETED_ELSEWHERE;
 
 const FE1: &str = "fe1.contoso.test";
 
@@ -186,11 +187,15 @@ async fn an_unanswered_request_times_out_after_64_t1_with_408_and_a_cancel() {
     tokio::time::advance(64 * t1 - Duration::from_millis(1)).await;
     settle().await;
     assert!(alice.received().is_empty());
-    // At 64×T1: 408 upstream, CANCEL downstream, nothing left.
+    // At 64×T1: 408 upstream, CANCEL downstream; the server transaction
+    // then waits for alice's ACK of the 408, ACK_WAIT at most.
     tokio::time::advance(Duration::from_millis(1)).await;
     settle().await;
     assert_eq!(lines(&alice.received()), ["408"]);
     assert_eq!(lines(&bob.received()), ["CANCEL"]);
+    assert_eq!(live(p), (1, 0));
+    tokio::time::advance(ACK_WAIT).await;
+    settle().await;
     assert_eq!(live(p), (0, 0));
 }
 
@@ -215,7 +220,7 @@ async fn a_ringing_invite_waits_for_timer_c_instead() {
     settle().await;
     assert_eq!(lines(&alice.received()), ["408"]);
     assert_eq!(lines(&bob.received()), ["CANCEL"]);
-    assert_eq!(live(p), (0, 0));
+    assert_eq!(live(p), (1, 0), "waiting for the ACK of the 408");
 }
 
 #[tokio::test(start_paused = true)]
@@ -247,19 +252,189 @@ async fn a_failed_invite_absorbs_its_ack_or_is_dropped_after_the_ack_wait() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_final_response_cancels_the_timer() {
+async fn a_2xx_ends_the_transaction_and_its_retransmissions_pass_for_64_t1() {
     let n = node(SipConfig::default());
     let p = &n.proxy;
     let (mut alice, mut bob) = (Client::open(p, "alice"), Client::open(p, "bob"));
     register(p, &mut bob, "bob");
     alice.send(p, &invite("z9hG4bK-inv4"));
     let forwarded = bob.received().pop().unwrap();
-    p.from_client(&bob.flow, SipMessage::response_to(&forwarded, 200, "OK", Some("b")));
+    let ok = SipMessage::response_to(&forwarded, 200, "OK", Some("b"));
+    p.from_client(&bob.flow, ok.clone());
     assert_eq!(lines(&alice.received()), ["100", "200"]);
+    // No server transaction; the branch stays to pass retransmissions.
+    assert_eq!(live(p), (0, 1));
+    let t1 = SipConfig::default().t1;
+    tokio::time::advance(32 * t1).await;
+    settle().await;
+    p.from_client(&bob.flow, ok.clone());
+    assert_eq!(lines(&alice.received()), ["200"], "a retransmitted 2xx passes");
+    tokio::time::advance(32 * t1).await;
+    settle().await;
     assert_eq!(live(p), (0, 0));
-    // Long after every timer would have fired: no 408 shows up.
+    p.from_client(&bob.flow, ok);
+    assert!(alice.received().is_empty(), "after 64xT1 it is stray");
+    // Long after every timer would have fired: no 408, no CANCEL.
     tokio::time::advance(SipConfig::default().invite_timeout * 2).await;
     settle().await;
     assert!(alice.received().is_empty());
     assert!(bob.received().is_empty());
+}
+
+/// Register one device of `user` (its own contact and q-value).
+fn register_device(proxy: &Proxy, c: &mut Client, user: &str, device: &str, q: &str) {
+    c.send(
+        proxy,
+        &format!(
+            "REGISTER sip:contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40000;branch=z9hG4bK-reg-{device}\r\n\
+             From: <sip:{user}@contoso.test>;tag=r\r\nTo: <sip:{user}@contoso.test>\r\nCall-ID: reg-{device}\r\n\
+             CSeq: 1 REGISTER\r\nContact: <sip:{user}@{device}.invalid;transport=tls>;q={q}\r\nExpires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
+        ),
+    );
+    let got = c.received();
+    assert_eq!(lines(&got), ["200"], "{device} registers");
+}
+
+fn request_uri_of(m: &SipMessage) -> String {
+    match &m.start {
+        StartLine::Request { uri, .. } => uri.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// bob on a desk phone and a mobile, both q=1.
+fn two_devices(p: &Proxy) -> (Client, Client, Client) {
+    let (alice, mut desk, mut mobile) = (Client::open(p, "alice"), Client::open(p, "bob"), Client::open(p, "bob"));
+    register_device(p, &mut desk, "bob", "desk", "1.0");
+    register_device(p, &mut mobile, "bob", "mobile", "1.0");
+    (alice, desk, mobile)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_device_rings_and_the_first_2xx_cancels_the_others() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut desk, mut mobile) = two_devices(p);
+    alice.send(p, &invite("z9hG4bK-fork1"));
+    let at_desk = desk.received().pop().expect("the desk phone rings");
+    let at_mobile = mobile.received().pop().expect("the mobile rings");
+    assert_eq!(request_uri_of(&at_desk), "sip:bob@desk.invalid;transport=tls");
+    assert_eq!(request_uri_of(&at_mobile), "sip:bob@mobile.invalid;transport=tls");
+    assert_eq!(live(p), (1, 2));
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 180, "Ringing", Some("d")));
+    p.from_client(
+        &mobile.flow,
+        SipMessage::response_to(&at_mobile, 180, "Ringing", Some("m")),
+    );
+    p.from_client(&mobile.flow, SipMessage::response_to(&at_mobile, 200, "OK", Some("m")));
+    assert_eq!(lines(&alice.received()), ["100", "180", "180", "200"]);
+    let cancel = desk.received();
+    assert_eq!(lines(&cancel), ["CANCEL"]);
+    assert_eq!(
+        cancel[0]
+            .other_header("Reason")
+            .map(|h| h.value_str().to_owned())
+            .as_deref(),
+        Some(COMPLETED_ELSEWHERE)
+    );
+    // The desk phone answers the CANCEL's INVITE with 487: absorbed.
+    p.from_client(
+        &desk.flow,
+        SipMessage::response_to(&at_desk, 487, "Request Terminated", Some("d")),
+    );
+    assert!(alice.received().is_empty());
+    assert_eq!(lines(&desk.received()), ["ACK"], "our hop-by-hop ACK of the 487");
+    // A 2xx that crossed the CANCEL still reaches alice, so she can end it.
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 200, "OK", Some("d2")));
+    assert!(alice.received().is_empty(), "that branch already ended with 487");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_2xx_from_another_branch_is_forwarded_too() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut desk, mut mobile) = two_devices(p);
+    alice.send(p, &invite("z9hG4bK-fork2"));
+    let at_desk = desk.received().pop().unwrap();
+    let at_mobile = mobile.received().pop().unwrap();
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 200, "OK", Some("d")));
+    p.from_client(&mobile.flow, SipMessage::response_to(&at_mobile, 200, "OK", Some("m")));
+    let got = alice.received();
+    assert_eq!(lines(&got), ["100", "200", "200"], "RFC 3261 §16.7 point 4");
+    assert_ne!(got[1].to_hdr().unwrap().tag(), got[2].to_hdr().unwrap().tag());
+    assert_eq!(lines(&mobile.received()), ["CANCEL"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_branch_fails_the_best_response_goes_upstream() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    // 503 and 486: the 4xx wins.
+    let (mut alice, mut desk, mut mobile) = two_devices(p);
+    alice.send(p, &invite("z9hG4bK-fork3"));
+    let at_desk = desk.received().pop().unwrap();
+    let at_mobile = mobile.received().pop().unwrap();
+    p.from_client(
+        &desk.flow,
+        SipMessage::response_to(&at_desk, 503, "Unavailable", Some("d")),
+    );
+    assert_eq!(lines(&alice.received()), ["100"], "one branch is still out");
+    p.from_client(
+        &mobile.flow,
+        SipMessage::response_to(&at_mobile, 486, "Busy Here", Some("m")),
+    );
+    assert_eq!(lines(&alice.received()), ["486"]);
+    // A 6xx ends the fork: the rest are CANCELled at once, and the 6xx wins
+    // once they answered (RFC 3261 §16.7 point 5).
+    alice.send(p, &invite("z9hG4bK-fork4"));
+    let _ = alice.received();
+    let at_desk = desk.received().pop().unwrap();
+    let at_mobile = mobile.received().pop().unwrap();
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 603, "Decline", Some("d")));
+    assert_eq!(lines(&mobile.received()), ["CANCEL"]);
+    assert!(alice.received().is_empty());
+    p.from_client(
+        &mobile.flow,
+        SipMessage::response_to(&at_mobile, 487, "Request Terminated", Some("m")),
+    );
+    assert_eq!(lines(&alice.received()), ["603"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn q_values_make_sequential_groups() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut desk, mut mobile) = (Client::open(p, "alice"), Client::open(p, "bob"), Client::open(p, "bob"));
+    register_device(p, &mut desk, "bob", "desk", "1.0");
+    register_device(p, &mut mobile, "bob", "mobile", "0.5");
+    alice.send(p, &invite("z9hG4bK-seq1"));
+    let at_desk = desk.received().pop().expect("the q=1 group first");
+    assert!(mobile.received().is_empty(), "the q=0.5 group waits");
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 480, "Not Now", Some("d")));
+    let at_mobile = mobile.received().pop().expect("then the q=0.5 group");
+    assert_eq!(lines(&alice.received()), ["100"]);
+    p.from_client(&mobile.flow, SipMessage::response_to(&at_mobile, 200, "OK", Some("m")));
+    assert_eq!(lines(&alice.received()), ["200"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_forks_and_the_first_answer_wins() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut desk, mut mobile) = two_devices(p);
+    alice.send(
+        p,
+        "MESSAGE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch=z9hG4bK-msg1\r\n\
+         From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>\r\nCall-ID: msg1\r\n\
+         CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let at_desk = desk.received().pop().expect("desk gets it");
+    let at_mobile = mobile.received().pop().expect("mobile gets it");
+    assert_eq!(at_desk.body.as_ref(), b"hi");
+    p.from_client(&mobile.flow, SipMessage::response_to(&at_mobile, 200, "OK", Some("m")));
+    p.from_client(&desk.flow, SipMessage::response_to(&at_desk, 200, "OK", Some("d")));
+    assert_eq!(lines(&alice.received()), ["200"], "one answer per request");
+    assert!(desk.received().is_empty(), "a MESSAGE is never CANCELled");
+    assert_eq!(live(p), (0, 0));
 }

@@ -27,6 +27,15 @@ pub enum Host {
 }
 
 impl Host {
+    /// The address, when the host is one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Host::Domain(_) => None,
+            Host::V4(a) => Some((*a).into()),
+            Host::V6(a) => Some((*a).into()),
+        }
+    }
+
     /// Parse a host: `[IPv6]`, dotted IPv4 or a hostname (RFC 3261 §25.1
     /// `host`; the top label must start with a letter).
     pub fn parse(s: &str) -> Option<Host> {

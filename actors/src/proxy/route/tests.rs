@@ -14,23 +14,26 @@ struct View {
     members: Vec<Fqdn>,
     users: Vec<&'static str>,
     homes: HashMap<&'static str, Fqdn>,
-    bindings: HashMap<&'static str, Binding>,
+    bindings: HashMap<&'static str, Vec<Binding>>,
 }
 
 fn fqdn(s: &str) -> Fqdn {
     Fqdn::new(s).unwrap()
 }
 
+const CONTACT: &str = "sip:carol@127.0.0.1:5099;transport=tls";
+
 fn binding(aor: &str, flow_node: &str, flow_id: u64) -> Binding {
     Binding {
         aor: aor.into(),
-        contact: "sip:carol@127.0.0.1:5099;transport=tls".into(),
+        contact: CONTACT.into(),
         expires_at: u64::MAX,
         flow_node: flow_node.into(),
         flow_id,
         call_id: "reg".into(),
         cseq: 1,
         updated_at: 0,
+        q: 1000,
     }
 }
 
@@ -52,11 +55,11 @@ fn view() -> View {
         bindings: HashMap::from([
             (
                 "sip:carol@contoso.test",
-                binding("sip:carol@contoso.test", "fe3.contoso.test", 77),
+                vec![binding("sip:carol@contoso.test", "fe3.contoso.test", 77)],
             ),
             (
                 "sip:alice@contoso.test",
-                binding("sip:alice@contoso.test", "fe1.contoso.test", 5),
+                vec![binding("sip:alice@contoso.test", "fe1.contoso.test", 5)],
             ),
         ]),
     }
@@ -72,13 +75,20 @@ impl RoutingView for View {
     fn is_me(&self, host: &Host, port: Option<u16>) -> bool {
         match host {
             Host::Domain(d) => d == self.me.as_str(),
-            Host::V4(ip) => *ip == self.client.0 && port.is_none_or(|p| p == self.client.1),
+            Host::V4(ip) => {
+                (*ip == self.client.0 && port.is_none_or(|p| p == self.client.1))
+                    || (*ip == std::net::Ipv4Addr::new(198, 18, 0, 1) && port == Some(5071))
+            }
             Host::V6(_) => false,
         }
     }
-    fn member(&self, host: &Host) -> Option<Fqdn> {
+    fn member(&self, host: &Host, port: Option<u16>) -> Option<Fqdn> {
         match host {
             Host::Domain(d) => self.members.iter().find(|m| m.as_str() == d).cloned(),
+            // fe2's mesh address, as its mesh-facing Record-Route names it.
+            Host::V4(ip) if *ip == std::net::Ipv4Addr::new(198, 18, 0, 2) && port == Some(5071) => {
+                Some(fqdn("fe2.contoso.test"))
+            }
             _ => None,
         }
     }
@@ -88,8 +98,8 @@ impl RoutingView for View {
     fn is_local_user(&self, user: &str) -> bool {
         self.users.contains(&user)
     }
-    fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject> {
-        Ok(self.bindings.get(aor).cloned())
+    fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {
+        Ok(self.bindings.get(aor).cloned().unwrap_or_default())
     }
 }
 
@@ -125,6 +135,14 @@ fn mesh(node: &str, route: MeshRoute) -> Result<Routed, SipReject> {
     Ok(Routed::Next(NextHop::Mesh(fqdn(node), route)))
 }
 
+fn fork(next: NextHop) -> Result<Routed, SipReject> {
+    Ok(Routed::Fork(vec![Target {
+        next,
+        contact: CONTACT.into(),
+        q: 1000,
+    }]))
+}
+
 #[test]
 fn request_uri_outcomes() {
     let home = MeshRoute::Home { flow: None };
@@ -137,12 +155,12 @@ fn request_uri_outcomes() {
         (
             "user homed here, flow on fe3",
             req("MESSAGE", "sip:carol@contoso.test", &[]),
-            mesh("fe3.contoso.test", MeshRoute::Flow(77)),
+            fork(NextHop::Mesh(fqdn("fe3.contoso.test"), MeshRoute::Flow(77))),
         ),
         (
             "user homed here, flow here",
             req("INVITE", "sip:alice@contoso.test", &[]),
-            Ok(Routed::Next(NextHop::Flow(5))),
+            fork(NextHop::Flow(5)),
         ),
         (
             "unknown user: 404",
@@ -186,11 +204,34 @@ fn request_uri_outcomes() {
 }
 
 #[test]
-fn the_request_uri_is_retargeted_to_the_binding() {
-    let (r, msg) = route(req("MESSAGE", "sip:carol@contoso.test", &[]));
-    assert_eq!(r, mesh("fe3.contoso.test", MeshRoute::Flow(77)));
+fn a_user_with_several_devices_forks_to_each_highest_q_first() {
+    let mut v = view();
+    let mut phone = binding("sip:carol@contoso.test", "fe1.contoso.test", 3);
+    phone.contact = "sip:carol@127.0.0.1:6000;transport=tls".into();
+    phone.q = 500;
+    let desk = binding("sip:carol@contoso.test", "fe3.contoso.test", 77);
+    // The view hands bindings highest q first (the registrar sorts them).
+    v.bindings.insert("sip:carol@contoso.test", vec![desk, phone]);
+    let mut msg = req("MESSAGE", "sip:carol@contoso.test", &[]);
+    let r = by_request(&mut msg, &FLOW, Some("sip:alice@contoso.test"), &v);
+    assert_eq!(
+        r,
+        Ok(Routed::Fork(vec![
+            Target {
+                next: NextHop::Mesh(fqdn("fe3.contoso.test"), MeshRoute::Flow(77)),
+                contact: CONTACT.into(),
+                q: 1000
+            },
+            Target {
+                next: NextHop::Flow(3),
+                contact: "sip:carol@127.0.0.1:6000;transport=tls".into(),
+                q: 500
+            },
+        ]))
+    );
+    // Routing leaves the Request-URI to each branch.
     match &msg.start {
-        StartLine::Request { uri, .. } => assert_eq!(uri, "sip:carol@127.0.0.1:5099;transport=tls"),
+        StartLine::Request { uri, .. } => assert_eq!(uri, "sip:carol@contoso.test"),
         other => panic!("{other:?}"),
     }
 }
@@ -322,24 +363,47 @@ fn record_routes(msg: &SipMessage) -> Vec<String> {
         .collect()
 }
 
+/// fe1 as it names itself in Record-Route: its advertised client address and
+/// its mesh address (the view above knows both as "me").
+fn rr() -> RecordRouteAs<'static> {
+    RecordRouteAs {
+        client: "127.0.0.1:5061",
+        mesh: "198.18.0.1:5071".parse().unwrap(),
+    }
+}
+
 #[test]
-fn dialog_creating_requests_are_record_routed_by_the_flow_nodes() {
-    let me = fqdn("fe1.contoso.test");
+fn dialog_creating_requests_are_record_routed_with_an_entry_per_side() {
     let to_bob = NextHop::Mesh(fqdn("fe2.contoso.test"), MeshRoute::Home { flow: None });
-    // From a client here: our entry names the caller's flow.
+    // From a client to the mesh: the mesh-facing entry on top, the client's
+    // (naming its flow) below.
     let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
-    record_route(&mut m, &FLOW, &to_bob, &me);
-    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=9>"]);
-    // From the mesh to a flow here: our entry names the callee's flow.
-    let mut m = req("SUBSCRIBE", "sip:bob@contoso.test", &[]);
-    record_route(&mut m, &Source::Mesh(fqdn("fe2.contoso.test")), &NextHop::Flow(4), &me);
-    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=4>"]);
-    // Both ends here: both flows, the callee's on top.
-    let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
-    record_route(&mut m, &FLOW, &NextHop::Flow(4), &me);
+    record_route(&mut m, &FLOW, &to_bob, &rr());
     assert_eq!(
         record_routes(&m),
-        ["<sip:fe1.contoso.test;lr;ob=4>", "<sip:fe1.contoso.test;lr;ob=9>"]
+        ["<sip:198.18.0.1:5071;lr>", "<sip:127.0.0.1:5061;transport=tls;lr;ob=9>"]
+    );
+    // From the mesh to a flow here: the callee's side on top.
+    let mut m = req("SUBSCRIBE", "sip:bob@contoso.test", &[]);
+    record_route(
+        &mut m,
+        &Source::Mesh(fqdn("fe2.contoso.test")),
+        &NextHop::Flow(4),
+        &rr(),
+    );
+    assert_eq!(
+        record_routes(&m),
+        ["<sip:127.0.0.1:5061;transport=tls;lr;ob=4>", "<sip:198.18.0.1:5071;lr>"]
+    );
+    // Both ends here: both flows, the callee's on top; only addresses.
+    let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
+    record_route(&mut m, &FLOW, &NextHop::Flow(4), &rr());
+    assert_eq!(
+        record_routes(&m),
+        [
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=4>",
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=9>"
+        ]
     );
     // Transit between nodes, in-dialog requests and MESSAGE: nothing.
     for (mut m, source) in [
@@ -349,15 +413,42 @@ fn dialog_creating_requests_are_record_routed_by_the_flow_nodes() {
         ),
         (req("MESSAGE", "sip:bob@contoso.test", &[]), FLOW),
     ] {
-        record_route(&mut m, &source, &to_bob, &me);
+        record_route(&mut m, &source, &to_bob, &rr());
         assert!(record_routes(&m).is_empty());
     }
     let text = "INVITE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK-x\r\n\
                 From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>;tag=b\r\n\
                 Call-ID: d\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n";
     let mut reinvite = SipMessage::parse(Bytes::from(text)).unwrap();
-    record_route(&mut reinvite, &FLOW, &to_bob, &me);
+    record_route(&mut reinvite, &FLOW, &to_bob, &rr());
     assert!(record_routes(&reinvite).is_empty());
+}
+
+#[test]
+fn double_record_route_sets_are_followed_across_the_mesh() {
+    // bob's BYE as a phone sends it, the route set bob got in the INVITE
+    // from fe1 (fe2 here plays bob's node): at fe2 the request would pop
+    // fe2's entries; at fe1 (this view) it arrives from the mesh with fe1's
+    // two entries left: mesh-facing, then the client-facing one naming
+    // alice's flow 33.
+    let peer = Source::Mesh(fqdn("fe2.contoso.test"));
+    let mut msg = req(
+        "BYE",
+        "sip:alice@127.0.0.1:40000;transport=tls",
+        &["Route: <sip:198.18.0.1:5071;lr>, <sip:127.0.0.1:5061;transport=tls;lr;ob=33>"],
+    );
+    let r = by_request(&mut msg, &peer, None, &view());
+    assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
+    // alice's ACK, on her flow 33: fe1's entries popped, then fe2's mesh
+    // entry names fe2.
+    let mut msg = req(
+        "ACK",
+        "sip:bob@127.0.0.1:40002;transport=tls",
+        &["Route: <sip:127.0.0.1:5061;transport=tls;lr;ob=33>, <sip:198.18.0.1:5071;lr>, <sip:198.18.0.2:5071;lr>, <sip:127.0.0.1:5062;transport=tls;lr;ob=4>"],
+    );
+    let r = by_request(&mut msg, &Source::Flow(33), None, &view());
+    assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Dialog));
+    assert_eq!(msg.routes().unwrap().len(), 2, "fe2's two entries are left for fe2");
 }
 
 #[test]
