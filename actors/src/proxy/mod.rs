@@ -17,7 +17,7 @@
 //!
 //! Layout: this module (the [`Proxy`] and its entry points), [`route`] (the
 //! routing decision, a pure function), [`txn`] (transactions and their
-//! timers, responses, ACK, CANCEL), [`authn`] (who a request is from),
+//! timers, ACK, CANCEL), `fork` (responses of forked requests), [`authn`] (who a request is from),
 //! [`send`] (to flows and peers), [`answer`] (errors → status codes),
 //! [`client`] (the TLS listener), [`flows`] (client connections),
 //! [`registrar`], [`home`] (rendezvous hashing).
@@ -26,6 +26,7 @@ pub mod answer;
 mod authn;
 pub mod client;
 pub mod flows;
+mod fork;
 pub mod home;
 pub mod registrar;
 pub mod route;
@@ -55,6 +56,8 @@ use flows::{Flow, FlowId, Flows};
 use registrar::Registrar;
 use route::{Local, Routed, RoutingView};
 use txn::Transactions;
+
+pub use fork::COMPLETED_ELSEWHERE;
 
 pub use txn::{ACK_WAIT, MAX_TRANSACTIONS};
 

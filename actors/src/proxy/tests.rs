@@ -13,11 +13,11 @@ use bytes::Bytes;
 use sipmesh_state::{Fqdn, Role, Store, Topology, TrustedServer};
 use tokio::sync::mpsc;
 
+use super::COMPLETED_ELSEWHERE;
 use super::*;
 use crate::config::TlsPaths;
 use crate::sip::StartLine;
 use crate::trust::{TlsConfigs, TlsMaterial};
-use txn::COMPLETED_ELSEWHERE;
 
 const FE1: &str = "fe1.contoso.test";
 

@@ -2,13 +2,9 @@
 //! finished answering) and client transactions (the branches we forwarded),
 //! in one table with one timer queue.
 //!
-//! A request at its target's home forks (RFC 3261 §16.6-16.7): one client
-//! transaction per registered contact, highest q-value group first. Every
-//! provisional response passes upstream; the first 2xx goes upstream and the
-//! other branches of an INVITE are CANCELled with a Reason (RFC 3326); later
-//! 2xx from other branches are still forwarded so the caller can end them;
-//! when every branch failed, the next q group is tried, and when none is left
-//! the best response goes upstream ([`rank`]; a 6xx ends the fork at once).
+//! A request at its target's home forks (RFC 3261 §16.6): one client
+//! transaction per registered contact, highest q-value group first; what the
+//! responses of the branches lead to is in `fork.rs`.
 //!
 //! Timers (64×T1 for a branch, Timer C once an INVITE rings, 64×T1 of 2xx
 //! retransmissions after an INVITE's 2xx, the wait for the ACK of a failed
@@ -31,6 +27,7 @@ use bytes::Bytes;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::answer::SipReject;
+use super::fork::After;
 use super::route::{self, NextHop, Routed, Target};
 use super::{branch, server_key, to_tag, Origin, Proxy, Source, DEFAULT_MAX_FORWARDS};
 use crate::sip::{Header, HeaderName, Method, SipMessage, StartLine};
@@ -47,29 +44,25 @@ pub const MAX_TRANSACTIONS: usize = 100_000;
 /// `registrar::MAX_BINDINGS_PER_AOR` contacts per AOR anyway).
 pub const MAX_BRANCHES: usize = 16;
 
-/// The Reason of the CANCEL sent to the other branches once one answered
-/// (RFC 3326).
-pub const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
-
 pub(super) struct ServerTxn {
     pub(super) source: Source,
     pub(super) request: SipMessage,
     pub(super) final_status: Option<u16>,
-    expire: Option<delay_queue::Key>,
+    pub(super) expire: Option<delay_queue::Key>,
     /// Branches without a final response yet.
-    live: Vec<String>,
+    pub(super) live: Vec<String>,
     /// Groups of targets not tried yet (lower q first to last).
-    later: Vec<Vec<Target>>,
+    pub(super) later: Vec<Vec<Target>>,
     /// The best non-2xx final response so far.
-    best: Option<SipMessage>,
+    pub(super) best: Option<SipMessage>,
     /// A 2xx went upstream, or the request was CANCELled: no new branches.
-    settled: bool,
+    pub(super) settled: bool,
     /// What each new branch is built from.
-    fork: Option<ForkBase>,
+    pub(super) fork: Option<ForkBase>,
 }
 
 /// The request as routed, before per-branch changes, to start later groups.
-struct ForkBase {
+pub(super) struct ForkBase {
     msg: SipMessage,
     origin: Origin,
     hash: String,
@@ -85,18 +78,18 @@ pub(super) struct Hop {
 }
 
 pub(super) struct ClientTxn {
-    server_key: String,
+    pub(super) server_key: String,
     /// Where responses go when the server transaction is already gone (a
     /// late 2xx from another branch).
-    source: Source,
-    hop: Hop,
-    provisional: bool,
+    pub(super) source: Source,
+    pub(super) hop: Hop,
+    pub(super) provisional: bool,
     /// A 2xx arrived: the branch only forwards its retransmissions now.
-    accepted: bool,
-    timer: Option<delay_queue::Key>,
+    pub(super) accepted: bool,
+    pub(super) timer: Option<delay_queue::Key>,
 }
 
-enum Timer {
+pub(super) enum Timer {
     /// A branch got no final response in time, or its 2xx retransmission
     /// window ended (by branch).
     Client(String),
@@ -109,21 +102,12 @@ enum Timer {
 pub(super) struct Transactions {
     pub(super) server: HashMap<String, ServerTxn>,
     pub(super) client: HashMap<String, ClientTxn>,
-    timers: DelayQueue<Timer>,
+    pub(super) timers: DelayQueue<Timer>,
 }
 
 /// What an expired timer leaves to do outside the table's lock: a branch
 /// that timed out waiting for its final response.
 type Fired = Option<ClientTxn>;
-
-/// Preference of a final response when no branch succeeded (RFC 3261
-/// §16.7 point 6): lower is better. 6xx first, then 3xx, 4xx, 5xx.
-pub fn rank(code: u16) -> u16 {
-    match code {
-        600..=699 => 0,
-        c => c / 100,
-    }
-}
 
 impl Transactions {
     fn remove_server(&mut self, key: &str) -> Option<ServerTxn> {
@@ -134,7 +118,7 @@ impl Transactions {
         Some(st)
     }
 
-    fn remove_client(&mut self, branch: &str) -> Option<ClientTxn> {
+    pub(super) fn remove_client(&mut self, branch: &str) -> Option<ClientTxn> {
         let ct = self.client.remove(branch)?;
         if let Some(k) = &ct.timer {
             self.timers.try_remove(k);
@@ -182,16 +166,6 @@ pub async fn drive_timers(proxy: Weak<Proxy>) {
             proxy.on_timeout(ct);
         }
     }
-}
-
-/// What a final response of one branch leads to, decided under the lock.
-enum After {
-    /// Nothing more (absorbed, or other branches still pending).
-    Nothing,
-    /// Start the next q group.
-    NextGroup,
-    /// Every branch failed: the best response goes upstream.
-    Best(Box<(Source, SipMessage, SipMessage)>),
 }
 
 impl Proxy {
@@ -274,7 +248,7 @@ impl Proxy {
 
     /// Send one branch per target; a target that cannot be reached counts
     /// as that branch's failure.
-    fn start_group(&self, key: &str, group: Vec<Target>) {
+    pub(super) fn start_group(&self, key: &str, group: Vec<Target>) {
         let Some((source, base, origin, hash)) = self.txns().server.get(key).and_then(|st| {
             let f = st.fork.as_ref()?;
             Some((st.source.clone(), f.msg.clone(), f.origin.clone(), f.hash.clone()))
@@ -345,84 +319,6 @@ impl Proxy {
         self.after(key, after);
     }
 
-    /// A branch ended without success (`branch`: None when it never left).
-    /// Decides, under the lock, what follows.
-    fn branch_failed(&self, key: &str, branch: Option<&str>, resp: SipMessage) -> After {
-        let code = resp.status().unwrap_or(500);
-        let mut guard = self.txns();
-        let t = &mut *guard;
-        let Some(st) = t.server.get_mut(key) else {
-            return After::Nothing;
-        };
-        if let Some(b) = branch {
-            st.live.retain(|x| x != b);
-        }
-        if st.final_status.is_some() {
-            return After::Nothing; // a 2xx (or our own answer) went upstream
-        }
-        if st
-            .best
-            .as_ref()
-            .is_none_or(|best| rank(code) < rank(best.status().unwrap_or(500)))
-        {
-            st.best = Some(resp);
-        }
-        let invite = st.request.method() == Some(&Method::Invite);
-        if (600..700).contains(&code) && !st.settled {
-            // A 6xx ends the fork: no new group, the others are CANCELled.
-            st.settled = true;
-            st.later.clear();
-            let others: Vec<String> = st.live.clone();
-            let hops: Vec<Hop> = others
-                .iter()
-                .filter_map(|b| t.client.get(b).map(|c| c.hop.clone()))
-                .collect();
-            drop(guard);
-            if invite {
-                for h in &hops {
-                    self.send_cancel(h, None);
-                }
-            }
-            guard = self.txns();
-        }
-        let t = &mut *guard;
-        let Some(st) = t.server.get_mut(key) else {
-            return After::Nothing;
-        };
-        if !st.live.is_empty() {
-            return After::Nothing;
-        }
-        if !st.settled && !st.later.is_empty() {
-            return After::NextGroup;
-        }
-        let best = st.best.clone().expect("a branch failed");
-        After::Best(Box::new((st.source.clone(), st.request.clone(), best)))
-    }
-
-    fn after(&self, key: &str, after: After) {
-        match after {
-            After::Nothing => {}
-            After::NextGroup => {
-                let group = self.txns().server.get_mut(key).and_then(|st| st.later.pop());
-                if let Some(g) = group {
-                    self.start_group(key, g);
-                }
-            }
-            After::Best(best) => {
-                let (source, request, best) = *best;
-                // `best` carries the upstream Vias: ours was taken off when it
-                // arrived, or never on it when we made it.
-                let code = best.status().unwrap_or(500);
-                if let Some(key) = server_key(&request) {
-                    self.set_final_status(&key, code);
-                }
-                self.send_to_source(&source, &best);
-                self.count_final(&request, code);
-                self.finish_server_txn(&request, code);
-            }
-        }
-    }
-
     fn on_timeout(&self, ct: ClientTxn) {
         tracing::info!(method = ?ct.hop.forwarded.method(), "transaction timed out");
         if ct.hop.forwarded.method() == Some(&Method::Invite) {
@@ -441,7 +337,7 @@ impl Proxy {
         self.after(&ct.server_key, after);
     }
 
-    fn send_cancel(&self, hop: &Hop, reason: Option<&str>) {
+    pub(super) fn send_cancel(&self, hop: &Hop, reason: Option<&str>) {
         // CANCEL keeps the INVITE's To (RFC 3261 §9.1).
         let mut extra: Vec<Header> = hop.forwarded.header(HeaderName::To).cloned().into_iter().collect();
         if let Some(r) = reason {
@@ -453,7 +349,7 @@ impl Proxy {
     /// A hop-by-hop request (CANCEL, or ACK for a non-2xx) for the INVITE of
     /// `hop`: same Request-URI, Call-ID, From, Route and CSeq number, the
     /// INVITE's top Via (ours) only, no body; `extra` (To, Reason) appended.
-    fn send_hop_request(&self, hop: &Hop, method: Method, extra: Vec<Header>) {
+    pub(super) fn send_hop_request(&self, hop: &Hop, method: Method, extra: Vec<Header>) {
         let mut req = hop.forwarded.clone();
         let seq = hop.forwarded.cseq().map(|c| c.seq).unwrap_or(1);
         if let StartLine::Request { uri, .. } = &hop.forwarded.start {
@@ -521,132 +417,6 @@ impl Proxy {
             }
         } else if code >= 200 {
             t.remove_server(&key);
-        }
-    }
-
-    /// A response from downstream: match it to its branch by our Via's
-    /// branch and pass it upstream as the fork rules say.
-    pub(super) fn on_response(&self, mut resp: SipMessage) {
-        let Ok(via) = resp.top_via() else { return };
-        if via.host != self.me().as_str() {
-            tracing::debug!(via = %via, "response not for us; dropped");
-            return;
-        }
-        let Some(b) = via.branch().map(str::to_owned) else {
-            return;
-        };
-        if resp.cseq().is_ok_and(|c| c.method == Method::Cancel) {
-            // We answered the CANCEL upstream ourselves; its downstream answer
-            // shares the INVITE's branch and must not be taken for the INVITE's.
-            return;
-        }
-        let code = resp.status().unwrap_or(0);
-        resp.remove_first(HeaderName::Via);
-        if code < 200 {
-            return self.on_provisional(&b, code, resp);
-        }
-        if code < 300 {
-            return self.on_success(&b, code, resp);
-        }
-        let Some(ct) = self.txns().remove_client(&b) else {
-            tracing::debug!(branch = %b, code, "stray response; dropped");
-            return;
-        };
-        if ct.hop.forwarded.method() == Some(&Method::Invite) {
-            // ACK a non-2xx final downstream (hop by hop, RFC 3261 §17.1.1.3);
-            // it carries the To of the response (with the callee's tag).
-            let to = resp.header(HeaderName::To).cloned().into_iter().collect();
-            self.send_hop_request(&ct.hop, Method::Ack, to);
-        }
-        let after = self.branch_failed(&ct.server_key, Some(&b), resp);
-        self.after(&ct.server_key, after);
-    }
-
-    fn on_provisional(&self, b: &str, code: u16, resp: SipMessage) {
-        let source = {
-            let mut guard = self.txns();
-            let t = &mut *guard;
-            let Some(ct) = t.client.get_mut(b) else { return };
-            if !ct.provisional && ct.hop.forwarded.method() == Some(&Method::Invite) {
-                ct.provisional = true;
-                // Timer C replaces Timer B once the INVITE is ringing.
-                if let Some(k) = ct.timer {
-                    t.timers.reset(&k, self.config.invite_timeout);
-                }
-            }
-            if code == 100 {
-                return; // hop by hop
-            }
-            let Some(st) = t.server.get(&ct.server_key) else { return };
-            if st.final_status.is_some() {
-                return;
-            }
-            st.source.clone()
-        };
-        self.send_to_source(&source, &resp);
-    }
-
-    fn on_success(&self, b: &str, code: u16, resp: SipMessage) {
-        let (source, first, request, others) = {
-            let mut guard = self.txns();
-            let t = &mut *guard;
-            let Some(ct) = t.client.get_mut(b) else {
-                tracing::debug!(branch = %b, code, "stray 2xx; dropped");
-                return;
-            };
-            let invite = ct.hop.forwarded.method() == Some(&Method::Invite);
-            let source = ct.source.clone();
-            if ct.accepted {
-                // A retransmission of this branch's 2xx: the caller's ACK has
-                // not reached the callee yet; pass it on.
-                drop(guard);
-                return self.send_to_source(&source, &resp);
-            }
-            let server_key = ct.server_key.clone();
-            if invite {
-                // Stay for 64*T1 to pass the 2xx's retransmissions upstream.
-                ct.accepted = true;
-                if let Some(k) = ct.timer {
-                    t.timers.reset(&k, 64 * self.config.t1);
-                }
-            } else {
-                t.remove_client(b);
-            }
-            let Some(st) = t.server.get_mut(&server_key) else {
-                // A later 2xx from another branch: forwarded so the caller can
-                // end that dialog (RFC 3261 §16.7 point 4); a non-INVITE's is absorbed.
-                drop(guard);
-                if invite {
-                    self.send_to_source(&source, &resp);
-                }
-                return;
-            };
-            st.live.retain(|x| x != b);
-            let first = st.final_status.is_none();
-            if !first && !invite {
-                return;
-            }
-            st.final_status.get_or_insert(code);
-            st.settled = true;
-            st.later.clear();
-            let others: Vec<Hop> = if invite {
-                st.live
-                    .drain(..)
-                    .filter_map(|o| t.client.get(&o).map(|c| c.hop.clone()))
-                    .collect()
-            } else {
-                st.live.clear();
-                Vec::new()
-            };
-            (source, first, st.request.clone(), others)
-        };
-        for hop in &others {
-            self.send_cancel(hop, Some(COMPLETED_ELSEWHERE));
-        }
-        self.send_to_source(&source, &resp);
-        if first {
-            self.count_final(&request, code);
-            self.finish_server_txn(&request, code);
         }
     }
 
@@ -718,20 +488,5 @@ impl Proxy {
     pub(super) fn txn_counts(&self) -> (usize, usize) {
         let t = self.txns();
         (t.server.len(), t.client.len())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn best_response_ranks_6xx_then_lowest_class() {
-        let mut codes = [503, 486, 302, 404, 600, 408];
-        codes.sort_by_key(|c| rank(*c));
-        assert_eq!(codes[0], 600);
-        assert_eq!(codes[1], 302);
-        assert_eq!(rank(486), rank(404));
-        assert!(rank(486) < rank(503));
     }
 }
