@@ -263,3 +263,5 @@ async fn a_final_response_cancels_the_timer() {
     assert!(alice.received().is_empty());
     assert!(bob.received().is_empty());
 }
+
+mod auth;
