@@ -57,6 +57,13 @@ pub const DEFAULT_MIN_EXPIRES: u32 = 60;
 pub const DEFAULT_MAX_EXPIRES: u32 = 3_600;
 /// Default failed digest attempts before 403.
 pub const DEFAULT_AUTH_RETRY_LIMIT: u32 = 3;
+/// Default first lockout of a source (or user) after `auth_retry_limit`
+/// failures; each further lockout doubles it. 10 s keeps a mistyping user's
+/// wait short while cutting a guesser to 3 tries per 10 s at first.
+pub const DEFAULT_LOCKOUT_BASE_MS: u64 = 10_000;
+/// Default longest lockout (the doubling stops here): 15 min, about 300
+/// guesses a day per source at worst.
+pub const DEFAULT_LOCKOUT_CAP_MS: u64 = 900_000;
 /// Default bound on client TLS connections.
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// Default idle timeout of a client connection (RFC 5626 keep-alives reset it).
@@ -79,6 +86,8 @@ pub struct SipConfig {
     pub max_expires: u32,
     /// Failed digest attempts before 403.
     pub auth_retry_limit: u32,
+    /// Lockout durations: first lockout, and the cap of its doubling.
+    pub lockout: crate::auth::Backoff,
     /// Bound on client connections.
     pub max_client_connections: usize,
     /// Idle timeout of a client connection.
@@ -106,6 +115,10 @@ impl Default for SipConfig {
             min_expires: DEFAULT_MIN_EXPIRES,
             max_expires: DEFAULT_MAX_EXPIRES,
             auth_retry_limit: DEFAULT_AUTH_RETRY_LIMIT,
+            lockout: crate::auth::Backoff {
+                base: Duration::from_millis(DEFAULT_LOCKOUT_BASE_MS),
+                cap: Duration::from_millis(DEFAULT_LOCKOUT_CAP_MS),
+            },
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Duration::from_millis(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             certs: Vec::new(),
@@ -217,6 +230,8 @@ struct RawSip {
     min_expires: Option<u32>,
     max_expires: Option<u32>,
     auth_retry_limit: Option<u32>,
+    lockout_base_ms: Option<u64>,
+    lockout_cap_ms: Option<u64>,
     max_client_connections: Option<usize>,
     client_idle_timeout_ms: Option<u64>,
     #[serde(default)]
@@ -337,6 +352,10 @@ impl NodeConfig {
             min_expires: rs.min_expires.unwrap_or(sd.min_expires),
             max_expires: rs.max_expires.unwrap_or(sd.max_expires),
             auth_retry_limit: rs.auth_retry_limit.unwrap_or(sd.auth_retry_limit),
+            lockout: crate::auth::Backoff {
+                base: ms(rs.lockout_base_ms, sd.lockout.base, "sip.lockout_base_ms")?,
+                cap: ms(rs.lockout_cap_ms, sd.lockout.cap, "sip.lockout_cap_ms")?,
+            },
             max_client_connections: match rs.max_client_connections {
                 Some(0) => return Err(invalid("sip.max_client_connections", "must be greater than 0".into())),
                 Some(n) => n,
@@ -373,6 +392,16 @@ impl NodeConfig {
                 None => None,
             },
         };
+        if sip.lockout.cap < sip.lockout.base {
+            return Err(invalid(
+                "sip.lockout_cap_ms",
+                format!(
+                    "{} is smaller than lockout_base_ms ({})",
+                    sip.lockout.cap.as_millis(),
+                    sip.lockout.base.as_millis()
+                ),
+            ));
+        }
         if sip.min_expires > sip.max_expires {
             return Err(invalid(
                 "sip.min_expires",
@@ -461,6 +490,11 @@ impl NodeConfig {
             p.max_client_connections,
             p.client_idle_timeout.as_millis()
         );
+        s += &format!(
+            "lockout_base_ms = {}\nlockout_cap_ms = {}\n",
+            p.lockout.base.as_millis(),
+            p.lockout.cap.as_millis()
+        );
         let algs: Vec<String> = p
             .digest_algorithms
             .iter()
@@ -537,6 +571,12 @@ heartbeat_interval_ms = 200
         assert_eq!(c.mesh.backoff_cap, Duration::from_secs(10));
         assert_eq!(c.mesh_listen, Some("127.0.0.1:5061".parse().unwrap()));
         assert_eq!(c.client_listen, None);
+        assert_eq!(c.sip.lockout.base, Duration::from_secs(10));
+        assert_eq!(c.sip.lockout.cap, Duration::from_secs(900));
+        let c = parse(&format!("{GOOD}[sip]\nlockout_base_ms = 250\nlockout_cap_ms = 2000\n")).unwrap();
+        assert_eq!(c.sip.lockout.base, Duration::from_millis(250));
+        assert_eq!(c.sip.lockout.cap, Duration::from_secs(2));
+        assert_eq!(parse(&c.to_toml()).unwrap().sip.lockout, c.sip.lockout);
     }
 
     #[test]
@@ -576,6 +616,13 @@ heartbeat_interval_ms = 200
         assert_eq!(
             err,
             "config /etc/sipmesh/node.toml: mesh.heartbeat_timeout_ms: 100 must be larger than heartbeat_interval_ms (200)"
+        );
+        let err = parse(&format!("{GOOD}[sip]\nlockout_base_ms = 5000\nlockout_cap_ms = 1000\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config /etc/sipmesh/node.toml: sip.lockout_cap_ms: 1000 is smaller than lockout_base_ms (5000)"
         );
         let err = parse(&GOOD.replace("127.0.0.1:5061", "localhost"))
             .unwrap_err()

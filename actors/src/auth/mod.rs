@@ -4,12 +4,16 @@
 //! - `users`: [`UsersFile`] / [`UserEntry`], the TOML users file (passwords
 //!   stored only as HA1 hashes, MD5 and SHA-256), and [`AuthConfigError`].
 //! - `digest`: [`Algorithm`] and the hashes ([`ha1`], [`digest_response`]);
-//!   [`DigestAuth`], which makes `WWW-Authenticate` challenges with stateless
-//!   nonces and verifies `Authorization` / `Proxy-Authorization` credentials
-//!   (qop=auth; qop-less MD5 for RFC 2069 clients); [`AuthFailure`], why a
-//!   credential was refused; the client side, [`authorization_header`].
-//! - `lockout`: [`FailureTracker`], consecutive failures per key, so a proxy
-//!   can answer 403 after the retry limit.
+//!   [`DigestAuth`], which makes `WWW-Authenticate` challenges with nonces
+//!   bound to the node, the realm and the connection ([`NonceBinding`]) and
+//!   verifies `Authorization` / `Proxy-Authorization` credentials for a
+//!   [`DigestRequest`] (qop=auth, each nonce count once, `uri=` = the
+//!   Request-URI; qop-less MD5 for RFC 2069 clients, one use per nonce);
+//!   [`AuthFailure`], why a credential was refused; the client side,
+//!   [`authorization_header`].
+//! - `lockout`: [`Lockouts`], failures per source and per user with
+//!   exponential [`Backoff`]: the proxy refuses a locked source or user
+//!   before verifying anything.
 //!
 //! The header grammar itself (one parser for challenges and credentials) is
 //! [`crate::sip::digest`]; the caller parses once and takes every decision,
@@ -20,8 +24,8 @@ mod lockout;
 mod users;
 
 pub use digest::{
-    authorization_header, digest_response, generate_secret, ha1, Algorithm, AuthFailure, DigestAuth, DEFAULT_NONCE_TTL,
-    MAX_CLOCK_SKEW_SECS,
+    authorization_header, digest_response, generate_secret, ha1, Algorithm, AuthFailure, DigestAuth, DigestRequest,
+    NonceBinding, DEFAULT_NONCE_TTL, MAX_CLOCK_SKEW_SECS, MAX_NONCES_TRACKED,
 };
-pub use lockout::{FailureTracker, MAX_TRACKED};
+pub use lockout::{source_key, Backoff, Locked, Lockout, Lockouts, FAILURE_WINDOW, MAX_TRACKED, USER_LIMIT_FACTOR};
 pub use users::{AuthConfigError, UserEntry, UsersFile};

@@ -70,9 +70,13 @@ pub enum SipReject {
     /// No Digest users are configured and the connection proved no identity.
     #[error("no digest users configured")]
     NoDigestUsers,
-    /// Too many failed attempts from this source for this user.
-    #[error("too many failed authentication attempts")]
-    LockedOut,
+    /// Too many failed attempts: the source or the user is locked for
+    /// `retry_after` more seconds; nothing was verified.
+    #[error("too many failed authentication attempts (retry after {retry_after} s)")]
+    LockedOut {
+        /// Seconds until the lock ends (Retry-After).
+        retry_after: u32,
+    },
 }
 
 impl SipReject {
@@ -100,7 +104,7 @@ impl SipReject {
                 403,
                 "Forbidden (no digest users configured; use a client certificate)".into(),
             ),
-            SipReject::LockedOut => (403, "Forbidden (too many failed authentication attempts)".into()),
+            SipReject::LockedOut { .. } => (403, "Forbidden (too many failed authentication attempts)".into()),
         }
     }
 
@@ -109,6 +113,9 @@ impl SipReject {
         match self {
             SipReject::PathDown(_) | SipReject::Busy => {
                 vec![Header::new(HeaderName::RetryAfter, &RETRY_AFTER_S.to_string())]
+            }
+            SipReject::LockedOut { retry_after } => {
+                vec![Header::new(HeaderName::RetryAfter, &retry_after.to_string())]
             }
             SipReject::IntervalTooBrief(min) => vec![Header::new(HeaderName::MinExpires, &min.to_string())],
             SipReject::BadExtension(options) => vec![Header::new(HeaderName::Unsupported, &options.join(", "))],
@@ -160,9 +167,18 @@ mod tests {
             (400, "Bad Authorization (missing nonce)".into())
         );
         assert_eq!(SipReject::NoDigestUsers.status().0, 403);
+        let locked = SipReject::LockedOut { retry_after: 20 };
         assert_eq!(
-            SipReject::LockedOut.status(),
+            locked.status(),
             (403, "Forbidden (too many failed authentication attempts)".into())
+        );
+        let h = locked.headers();
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].name, h[0].value_str()), (HeaderName::RetryAfter, "20"));
+        // A uri= that is not the Request-URI is a bad request (RFC 7616 §3.4.6).
+        assert_eq!(
+            SipReject::BadAuthorization("uri does not match the Request-URI".into()).status(),
+            (400, "Bad Authorization (uri does not match the Request-URI)".into())
         );
     }
 }

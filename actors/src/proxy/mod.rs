@@ -45,7 +45,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use sipmesh_state::{Binding, Fqdn, Role, Store};
 
-use crate::auth::{DigestAuth, FailureTracker};
+use crate::auth::DigestAuth;
 use crate::config::SipConfig;
 use crate::mesh::status::{LinkState, Shared};
 use crate::mesh::wire::{MeshRoute, SipMeta};
@@ -64,7 +64,7 @@ pub use txn::{ACK_WAIT, MAX_TRANSACTIONS};
 /// Default Max-Forwards when a request carries none.
 pub const DEFAULT_MAX_FORWARDS: u32 = 70;
 /// Window in which failed digest attempts are counted.
-pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
+pub const AUTH_FAILURE_WINDOW: Duration = crate::auth::FAILURE_WINDOW;
 /// Methods listed in Allow.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY";
 /// Product token in Server / User-Agent.
@@ -107,7 +107,8 @@ pub struct Proxy {
     config: SipConfig,
     domain: String,
     auth: Option<DigestAuth>,
-    failures: Mutex<FailureTracker>,
+    /// Lockouts and counters of the client door (authn.rs).
+    auth_guard: Mutex<authn::AuthGuard>,
     txns: Mutex<Transactions>,
     counters: Mutex<SipCounters>,
     /// The client listener's address (requests to it are addressed to this node).
@@ -155,6 +156,7 @@ impl Proxy {
                     users,
                     crate::auth::generate_secret(),
                     crate::auth::DEFAULT_NONCE_TTL,
+                    shared.fqdn.as_str(),
                 ))
             }
             None => None,
@@ -169,7 +171,7 @@ impl Proxy {
             });
         let advertise = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
         Ok(Proxy {
-            failures: Mutex::new(FailureTracker::new(config.auth_retry_limit, AUTH_FAILURE_WINDOW)),
+            auth_guard: Mutex::new(authn::AuthGuard::new(&config)),
             registrar: Registrar::new(store, config.min_expires, config.max_expires),
             shared,
             flows: Flows::default(),
@@ -220,6 +222,7 @@ impl Proxy {
             "client_transactions": client,
             "requests": c.requests,
             "transactions": c.transactions,
+            "auth": self.auth_stats(),
         })
     }
 
@@ -235,12 +238,15 @@ impl Proxy {
     // ---- entry points --------------------------------------------------
 
     /// A message from a client connection.
-    pub fn from_client(&self, flow: &Arc<Flow>, msg: SipMessage) {
+    pub fn from_client(&self, flow: &Arc<Flow>, mut msg: SipMessage) {
         let source = Source::Flow(flow.id);
         if !msg.is_request() {
             self.on_response(msg);
             return;
         }
+        // Credentials are for this proxy alone: out of the message before any
+        // path (ACK and CANCEL included) can forward it.
+        let credentials = authn::take_credentials(&mut msg);
         self.count_request(&msg);
         let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
         if method == Method::Ack {
@@ -255,7 +261,7 @@ impl Proxy {
         if let Err(why) = route::check_request(&msg, self) {
             return self.reject(&source, &msg, why);
         }
-        let identity = match self.authenticate(flow, &msg) {
+        let identity = match self.authenticate(flow, &msg, &credentials) {
             Ok(id) => id,
             Err(why) => {
                 let (code, reason) = why.status();

@@ -438,3 +438,5 @@ async fn a_message_forks_and_the_first_answer_wins() {
     assert!(desk.received().is_empty(), "a MESSAGE is never CANCELled");
     assert_eq!(live(p), (0, 0));
 }
+
+mod auth;
