@@ -62,6 +62,9 @@ pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// Default idle timeout of a client connection (RFC 5626 keep-alives reset it).
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 300_000;
 
+/// Default of `sip.assert_identity_to_clients`: clients are not trusted with assertions.
+pub const DEFAULT_ASSERT_IDENTITY_TO_CLIENTS: bool = false;
+
 /// The `[sip]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SipConfig {
@@ -88,6 +91,11 @@ pub struct SipConfig {
     pub certs: Vec<(PathBuf, PathBuf)>,
     /// Digest algorithms offered and accepted, in challenge order.
     pub digest_algorithms: Vec<crate::auth::Algorithm>,
+    /// Add `P-Asserted-Identity: <AOR>` (the identity the ingress node
+    /// authenticated) to requests delivered to clients. Off by default:
+    /// clients are outside the trust domain (RFC 3325 §5), so nothing
+    /// asserted leaves towards them unless the operator trusts them.
+    pub assert_identity_to_clients: bool,
 }
 
 impl Default for SipConfig {
@@ -107,6 +115,7 @@ impl Default for SipConfig {
             // phones) answer only the first challenge and know only MD5;
             // SHA-256 (RFC 8760) is offered next for those that can.
             digest_algorithms: vec![crate::auth::Algorithm::Md5, crate::auth::Algorithm::Sha256],
+            assert_identity_to_clients: DEFAULT_ASSERT_IDENTITY_TO_CLIENTS,
         }
     }
 }
@@ -215,6 +224,7 @@ struct RawSip {
     #[serde(default)]
     certs: Vec<RawCert>,
     digest_algorithms: Option<Vec<String>>,
+    assert_identity_to_clients: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +370,7 @@ impl NodeConfig {
                     })
                     .collect::<Result<_, _>>()?,
             },
+            assert_identity_to_clients: rs.assert_identity_to_clients.unwrap_or(sd.assert_identity_to_clients),
         };
         if sip.min_expires > sip.max_expires {
             return Err(invalid(
@@ -455,6 +466,7 @@ impl NodeConfig {
             .map(|a| format!("\"{}\"", a.as_str()))
             .collect();
         s += &format!("digest_algorithms = [{}]\n", algs.join(", "));
+        s += &format!("assert_identity_to_clients = {}\n", p.assert_identity_to_clients);
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
@@ -503,6 +515,22 @@ heartbeat_interval_ms = 200
         assert_eq!(c.mesh.backoff_cap, Duration::from_secs(10));
         assert_eq!(c.mesh_listen, Some("127.0.0.1:5061".parse().unwrap()));
         assert_eq!(c.client_listen, None);
+        assert!(
+            !c.sip.assert_identity_to_clients,
+            "nothing asserted to clients by default"
+        );
+    }
+
+    #[test]
+    fn assert_identity_to_clients_is_read_and_written() {
+        let c = parse(&format!("{GOOD}[sip]\nassert_identity_to_clients = true\n")).unwrap();
+        assert!(c.sip.assert_identity_to_clients);
+        assert!(c.to_toml().contains("\nassert_identity_to_clients = true\n"));
+        assert!(parse(&c.to_toml()).unwrap().sip.assert_identity_to_clients);
+        let err = parse(&format!("{GOOD}[sip]\nassert_identity_to_clients = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("assert_identity_to_clients"), "{err}");
     }
 
     #[test]

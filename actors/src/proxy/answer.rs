@@ -73,6 +73,11 @@ pub enum SipReject {
     /// Too many failed attempts from this source for this user.
     #[error("too many failed authentication attempts")]
     LockedOut,
+    /// A Route entry naming this node carries a flow token that is not ours
+    /// (forged, moved to another flow, from a previous run), or a client used
+    /// tokens none of which names its own connection (RFC 5626 §5.3: 403).
+    #[error("invalid flow token")]
+    BadFlowToken,
 }
 
 impl SipReject {
@@ -101,6 +106,7 @@ impl SipReject {
                 "Forbidden (no digest users configured; use a client certificate)".into(),
             ),
             SipReject::LockedOut => (403, "Forbidden (too many failed authentication attempts)".into()),
+            SipReject::BadFlowToken => (403, "Forbidden (invalid flow token)".into()),
         }
     }
 
@@ -140,6 +146,11 @@ mod tests {
         assert_eq!(SipReject::PathDown("fe2".into()).headers()[0].value_str(), "5");
         assert_eq!(SipReject::IntervalTooBrief(60).headers()[0].value_str(), "60");
         assert_eq!(SipReject::DomainNotAllowed("fabrikam.test".into()).status().0, 403);
+        assert_eq!(
+            SipReject::BadFlowToken.status(),
+            (403, "Forbidden (invalid flow token)".into())
+        );
+        assert!(SipReject::BadFlowToken.headers().is_empty());
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //!   retargets the request to the node holding the flow.
 //! - [`record_route`], [`loop_hash`], [`is_loop`]: what the proxy adds to a
 //!   forwarded request.
+//! - [`in_dialog_of`]: whether a request's Route set is one this node
+//!   record-routed for the flow it came on (what lets an ACK for a 2xx skip
+//!   authentication).
+//!
+//! Flow tokens (`ob=` in our entries) are minted and checked by the view
+//! ([`RoutingView::flow_token`], [`RoutingView::flow_for_token`]); only
+//! tokens that verify are honoured, and a client may use tokens only when
+//! one of them names its own connection.
 
 use sipmesh_state::{Binding, Fqdn};
 
@@ -71,6 +79,17 @@ pub trait RoutingView {
     fn is_local_user(&self, user: &str) -> bool;
     /// The binding to deliver a request for `aor` to (this node is its home).
     fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject>;
+    /// The token naming the open flow `flow` in our Record-Route (`None`: it closed).
+    fn flow_token(&self, flow: FlowId) -> Option<String>;
+    /// The flow named by a token from a Route entry of ours: `Unavailable`
+    /// when that flow is gone, `BadFlowToken` when the token is not ours.
+    fn flow_for_token(&self, token: &str) -> Result<FlowId, SipReject>;
+}
+
+/// The `ob=` flow token of a Route/Record-Route URI (`ob` alone is the RFC
+/// 5626 flag a client may preload, not a token).
+fn token_of(uri: &SipUri) -> Option<&str> {
+    uri.param("ob").flatten()
 }
 
 fn request_uri(msg: &SipMessage) -> Result<SipUri, SipReject> {
@@ -121,8 +140,17 @@ pub fn by_request(
     identity: Option<&str>,
     view: &impl RoutingView,
 ) -> Result<Routed, SipReject> {
-    // Loose routing: pop our own entries, remembering the flow of the last one.
+    // Loose routing: pop our own entries, remembering the flow of the last
+    // one. A client may use flow tokens only when one of them names its own
+    // connection: that is what a dialog we record-routed for it looks like.
+    let client = match source {
+        Source::Flow(f) => Some(*f),
+        Source::Mesh(_) => None,
+    };
     let mut popped_flow = None;
+    let mut tokens = false;
+    let mut own_named = false;
+    let foreign_tokens = |tokens: bool, own_named: bool| client.is_some() && tokens && !own_named;
     loop {
         let routes = msg.routes().map_err(SipReject::Malformed)?;
         let Some(top) = routes.first() else { break };
@@ -130,18 +158,32 @@ pub fn by_request(
             return Err(SipReject::BadRequest("Bad Route".into()));
         };
         if view.is_me(&uri.host, uri.port) {
-            popped_flow = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok());
+            popped_flow = match token_of(uri) {
+                Some(token) => {
+                    let flow = view.flow_for_token(token)?;
+                    tokens = true;
+                    own_named |= client == Some(flow);
+                    Some(flow)
+                }
+                None => None,
+            };
             msg.remove_first(HeaderName::Route);
             continue;
+        }
+        if foreign_tokens(tokens, own_named) {
+            return Err(SipReject::BadFlowToken);
         }
         if let Some(member) = view.member(&uri.host) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
         }
         return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
     }
+    if foreign_tokens(tokens, own_named) {
+        return Err(SipReject::BadFlowToken);
+    }
     if let Some(flow) = popped_flow {
         // The last entry we popped names the flow on our side of the dialog.
-        if *source != Source::Flow(flow) {
+        if client != Some(flow) {
             return Ok(Routed::Next(NextHop::Flow(flow)));
         }
     }
@@ -235,7 +277,7 @@ pub fn at_home(
 /// Record-Route a dialog-creating request (INVITE or SUBSCRIBE outside a
 /// dialog) at the nodes holding the flows: one entry naming the flow on our
 /// side, two when both ends are on this node.
-pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, me: &Fqdn) {
+pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, view: &impl RoutingView) {
     let dialog_creating = matches!(msg.method(), Some(Method::Invite | Method::Subscribe))
         && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
     if !dialog_creating {
@@ -246,14 +288,38 @@ pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, me: &
         (_, NextHop::Flow(f)) => Some(*f),
         _ => None,
     };
-    if let Some(f) = rr_flow {
-        msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={f}>")));
+    if let Some(entry) = rr_flow.and_then(|f| record_route_entry(view, f)) {
+        msg.push_header_front(entry);
     }
     if let (Source::Flow(a), NextHop::Flow(b)) = (source, next) {
         if a != b {
-            msg.push_header_front(Header::new(HeaderName::RecordRoute, &format!("<sip:{me};lr;ob={b}>")));
+            if let Some(entry) = record_route_entry(view, *b) {
+                msg.push_header_front(entry);
+            }
         }
     }
+}
+
+/// Our Record-Route entry naming `flow`: the one place its form is written.
+/// `None` when the flow closed (the request then fails to reach it anyway).
+fn record_route_entry(view: &impl RoutingView, flow: FlowId) -> Option<Header> {
+    let token = view.flow_token(flow)?;
+    Some(Header::new(
+        HeaderName::RecordRoute,
+        &format!("<sip:{};lr;ob={token}>", view.me()),
+    ))
+}
+
+/// Whether `msg` is within a dialog this node record-routed for `flow`: of
+/// the Route entries at the top that name this node, one carries a token of
+/// ours that verifies for `flow`. Read only; [`by_request`] pops them later.
+pub fn in_dialog_of(msg: &SipMessage, flow: FlowId, view: &impl RoutingView) -> bool {
+    let Ok(routes) = msg.routes() else { return false };
+    routes
+        .iter()
+        .map_while(|r| r.uri.as_ref().filter(|u| view.is_me(&u.host, u.port)))
+        .filter_map(token_of)
+        .any(|token| view.flow_for_token(token) == Ok(flow))
 }
 
 /// Hash for loop detection over what identifies the request at this hop

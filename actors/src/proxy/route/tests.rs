@@ -1,7 +1,8 @@
 //! Every routing outcome `tests/sip.rs` checks through sockets, checked here
 //! as a pure function against a table-built view: fe1 is "us", fe2 and fe3
 //! are members, bob's home is fe2, carol's is fe1 with her flow on fe3, dave
-//! is a user with no registration.
+//! is a user with no registration. Our flow tokens are `t<id>` for the open
+//! flows 4, 5, 9, 33 and 34; anything else is not ours.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,7 @@ struct View {
     users: Vec<&'static str>,
     homes: HashMap<&'static str, Fqdn>,
     bindings: HashMap<&'static str, Binding>,
+    flows: Vec<FlowId>,
 }
 
 fn fqdn(s: &str) -> Fqdn {
@@ -59,6 +61,7 @@ fn view() -> View {
                 binding("sip:alice@contoso.test", "fe1.contoso.test", 5),
             ),
         ]),
+        flows: vec![4, 5, 9, 33, 34],
     }
 }
 
@@ -91,6 +94,20 @@ impl RoutingView for View {
     fn binding(&self, aor: &str) -> Result<Option<Binding>, SipReject> {
         Ok(self.bindings.get(aor).cloned())
     }
+    fn flow_token(&self, flow: FlowId) -> Option<String> {
+        self.flows.contains(&flow).then(|| format!("t{flow}"))
+    }
+    fn flow_for_token(&self, token: &str) -> Result<FlowId, SipReject> {
+        let id: FlowId = token
+            .strip_prefix('t')
+            .and_then(|n| n.parse().ok())
+            .ok_or(SipReject::BadFlowToken)?;
+        if self.flows.contains(&id) {
+            Ok(id)
+        } else {
+            Err(SipReject::Unavailable)
+        }
+    }
 }
 
 /// A request with the usual headers; `extra` lines go before Content-Length.
@@ -116,9 +133,17 @@ use bytes::Bytes;
 
 const FLOW: Source = Source::Flow(9);
 
-fn route(mut msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
-    let r = by_request(&mut msg, &FLOW, Some("sip:alice@contoso.test"), &view());
+fn route(msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
+    route_from(&FLOW, msg)
+}
+
+fn route_from(source: &Source, mut msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
+    let r = by_request(&mut msg, source, Some("sip:alice@contoso.test"), &view());
     (r, msg)
+}
+
+fn from_mesh() -> Source {
+    Source::Mesh(fqdn("fe2.contoso.test"))
 }
 
 fn mesh(node: &str, route: MeshRoute) -> Result<Routed, SipReject> {
@@ -240,39 +265,150 @@ fn register_goes_to_the_home_of_the_to_aor() {
 
 #[test]
 fn route_sets_are_followed() {
-    // Our own entry is popped and its flow is where the request goes.
+    // From the mesh, our own entry is popped and its flow is where the request goes.
+    let (r, msg) = route_from(
+        &from_mesh(),
+        req(
+            "BYE",
+            "sip:bob@127.0.0.1:5090",
+            &["Route: <sip:fe1.contoso.test;lr;ob=t33>"],
+        ),
+    );
+    assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
+    assert_eq!(msg.routes().unwrap().len(), 0);
+    // From a client, both ends here: its own entry, then the other flow's.
     let (r, msg) = route(req(
         "BYE",
         "sip:bob@127.0.0.1:5090",
-        &["Route: <sip:fe1.contoso.test;lr;ob=33>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>, <sip:fe1.contoso.test;lr;ob=t33>"],
     ));
     assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
     assert_eq!(msg.routes().unwrap().len(), 0);
-    // Ours, then a member's: popped, then over the mesh along the dialog.
+    // Ours, then a member's: popped, then over the mesh along the dialog
+    // (fe2's token is fe2's to check).
     let (r, msg) = route(req(
         "BYE",
         "sip:bob@127.0.0.1:5090",
-        &["Route: <sip:fe1.contoso.test;lr;ob=33>, <sip:fe2.contoso.test;lr;ob=12>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>, <sip:fe2.contoso.test;lr;ob=anything>"],
     ));
     assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Dialog));
     assert_eq!(msg.routes().unwrap().len(), 1);
     // A route naming the client address counts as us.
-    let (r, _) = route(req(
-        "BYE",
-        "sip:bob@contoso.test",
-        &["Route: <sip:127.0.0.1:5061;lr;ob=34>"],
-    ));
+    let (r, _) = route_from(
+        &from_mesh(),
+        req(
+            "BYE",
+            "sip:bob@contoso.test",
+            &["Route: <sip:127.0.0.1:5061;lr;ob=t34>"],
+        ),
+    );
     assert_eq!(r, Ok(Routed::Next(NextHop::Flow(34))));
     // Our entry naming the flow the request came from: routed by Request-URI.
     let (r, _) = route(req(
         "BYE",
         "sip:bob@contoso.test",
-        &["Route: <sip:fe1.contoso.test;lr;ob=9>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>"],
+    ));
+    assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Home { flow: None }));
+    // A preloaded route with the RFC 5626 `ob` flag (no token): popped, then the Request-URI.
+    let (r, _) = route(req(
+        "MESSAGE",
+        "sip:bob@contoso.test",
+        &["Route: <sip:fe1.contoso.test;lr;ob>"],
     ));
     assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Home { flow: None }));
     // A route to anywhere else is refused.
     let (r, _) = route(req("BYE", "sip:bob@contoso.test", &["Route: <sip:evil.example;lr>"]));
     assert_eq!(r, Err(SipReject::DomainNotAllowed("evil.example".into())));
+}
+
+#[test]
+fn only_tokens_that_verify_are_honoured() {
+    let mesh_src = from_mesh();
+    let cases: Vec<(&str, &Source, &str, Result<Routed, SipReject>)> = vec![
+        (
+            "forged, from the mesh",
+            &mesh_src,
+            "<sip:fe1.contoso.test;lr;ob=x33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "forged, from a client",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "flow closed",
+            &mesh_src,
+            "<sip:fe1.contoso.test;lr;ob=t99>",
+            Err(SipReject::Unavailable),
+        ),
+        // Genuine tokens, but none names the client's own flow: not its dialog.
+        (
+            "another client's flow",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "another client's flow, then a member",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t33>, <sip:fe2.contoso.test;lr;ob=t12>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "its own flow, then a forged one",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t9>, <sip:fe1.contoso.test;lr;ob=t9x>",
+            Err(SipReject::BadFlowToken),
+        ),
+    ];
+    for (what, source, routes, want) in cases {
+        let route_line = format!("Route: {routes}");
+        let (r, _) = route_from(source, req("BYE", "sip:bob@127.0.0.1:5090", &[route_line.as_str()]));
+        assert_eq!(r, want, "{what}");
+    }
+}
+
+#[test]
+fn a_dialog_of_ours_is_recognised_by_the_flow_it_names() {
+    let v = view();
+    let with = |routes: &str| req("ACK", "sip:bob@127.0.0.1:5090", &[format!("Route: {routes}").as_str()]);
+    let cases: Vec<(&str, SipMessage, FlowId, bool)> = vec![
+        ("its own token", with("<sip:fe1.contoso.test;lr;ob=t9>"), 9, true),
+        (
+            "own token second of ours",
+            with("<sip:fe1.contoso.test;lr;ob=t33>, <sip:fe1.contoso.test;lr;ob=t9>"),
+            9,
+            true,
+        ),
+        (
+            "own token, then a member",
+            with("<sip:127.0.0.1:5061;lr;ob=t9>, <sip:fe2.contoso.test;lr;ob=t12>"),
+            9,
+            true,
+        ),
+        (
+            "another flow's token",
+            with("<sip:fe1.contoso.test;lr;ob=t33>"),
+            9,
+            false,
+        ),
+        ("forged", with("<sip:fe1.contoso.test;lr;ob=9>"), 9, false),
+        ("closed", with("<sip:fe1.contoso.test;lr;ob=t99>"), 99, false),
+        ("no token", with("<sip:fe1.contoso.test;lr>"), 9, false),
+        (
+            "ours only after a member's",
+            with("<sip:fe2.contoso.test;lr>, <sip:fe1.contoso.test;lr;ob=t9>"),
+            9,
+            false,
+        ),
+        ("no Route", req("ACK", "sip:bob@contoso.test", &[]), 9, false),
+    ];
+    for (what, msg, flow, want) in cases {
+        assert_eq!(in_dialog_of(&msg, flow, &v), want, "{what}");
+    }
 }
 
 #[test]
@@ -324,22 +460,22 @@ fn record_routes(msg: &SipMessage) -> Vec<String> {
 
 #[test]
 fn dialog_creating_requests_are_record_routed_by_the_flow_nodes() {
-    let me = fqdn("fe1.contoso.test");
+    let me = view();
     let to_bob = NextHop::Mesh(fqdn("fe2.contoso.test"), MeshRoute::Home { flow: None });
     // From a client here: our entry names the caller's flow.
     let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
     record_route(&mut m, &FLOW, &to_bob, &me);
-    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=9>"]);
+    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=t9>"]);
     // From the mesh to a flow here: our entry names the callee's flow.
     let mut m = req("SUBSCRIBE", "sip:bob@contoso.test", &[]);
     record_route(&mut m, &Source::Mesh(fqdn("fe2.contoso.test")), &NextHop::Flow(4), &me);
-    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=4>"]);
+    assert_eq!(record_routes(&m), ["<sip:fe1.contoso.test;lr;ob=t4>"]);
     // Both ends here: both flows, the callee's on top.
     let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
     record_route(&mut m, &FLOW, &NextHop::Flow(4), &me);
     assert_eq!(
         record_routes(&m),
-        ["<sip:fe1.contoso.test;lr;ob=4>", "<sip:fe1.contoso.test;lr;ob=9>"]
+        ["<sip:fe1.contoso.test;lr;ob=t4>", "<sip:fe1.contoso.test;lr;ob=t9>"]
     );
     // Transit between nodes, in-dialog requests and MESSAGE: nothing.
     for (mut m, source) in [
@@ -358,6 +494,10 @@ fn dialog_creating_requests_are_record_routed_by_the_flow_nodes() {
     let mut reinvite = SipMessage::parse(Bytes::from(text)).unwrap();
     record_route(&mut reinvite, &FLOW, &to_bob, &me);
     assert!(record_routes(&reinvite).is_empty());
+    // A flow that closed gets no entry (the request cannot reach it anyway).
+    let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
+    record_route(&mut m, &Source::Mesh(fqdn("fe2.contoso.test")), &NextHop::Flow(99), &me);
+    assert!(record_routes(&m).is_empty());
 }
 
 #[test]
