@@ -339,3 +339,49 @@ async fn only_the_hop_that_sent_a_failed_invite_has_its_ack_absorbed() {
     assert!(alice.received().is_empty());
     assert!(bob.received().is_empty());
 }
+
+fn identity_values(m: &SipMessage) -> Vec<String> {
+    m.headers
+        .iter()
+        .filter(|h| {
+            IDENTITY_HEADERS
+                .iter()
+                .any(|n| h.raw_name_str().eq_ignore_ascii_case(n))
+        })
+        .map(|h| format!("{}: {}", h.raw_name_str(), h.value_str()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn identity_is_asserted_to_clients_only_when_configured_and_not_withheld() {
+    let message = |extra: &str| {
+        format!(
+            "MESSAGE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch=z9hG4bK-m{}\r\n\
+             From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>\r\nCall-ID: m\r\nCSeq: 1 MESSAGE\r\n\
+             P-Asserted-Identity: <sip:dave@contoso.test>\r\n{extra}Content-Length: 0\r\n\r\n",
+            extra.len()
+        )
+    };
+    for (assert, extra, want) in [
+        (false, "", vec![]),
+        (
+            true,
+            "",
+            vec!["P-Asserted-Identity: <sip:alice@contoso.test>".to_owned()],
+        ),
+        (true, "Privacy: header;id\r\n", vec![]),
+    ] {
+        let n = node(SipConfig {
+            assert_identity_to_clients: assert,
+            ..SipConfig::default()
+        });
+        let p = &n.proxy;
+        let (alice, mut bob) = (Client::open(p, "alice"), Client::open(p, "bob"));
+        register(p, &mut bob, "bob");
+        alice.send(p, &message(extra));
+        let got = bob.received();
+        assert_eq!(lines(&got), ["MESSAGE"]);
+        assert_eq!(identity_values(&got[0]), want, "assert={assert} {extra:?}");
+        assert_eq!(p.stats()["identity_headers_removed"], 1);
+    }
+}
