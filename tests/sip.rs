@@ -255,9 +255,10 @@ async fn invite_ringing_answer_ack_bye_across_nodes() {
 
 /// In-dialog requests go where the route set says, the way a phone sends
 /// them (RFC 3261 §12.2.1.1): to the first Route entry's address, here over a
-/// new TLS connection (a phone may keep its flow or open another). The
-/// entries name only addresses, and the flow tokens deliver to the other
-/// side's connection whichever connection the request comes in on.
+/// new TLS connection of the same user (a phone may keep its flow or open
+/// another, which authenticates first). The entries name only addresses, and
+/// the flow tokens deliver to the other side's connection whichever of the
+/// user's connections the request comes in on.
 #[tokio::test]
 async fn in_dialog_requests_follow_the_route_set_on_new_connections() {
     let (cluster, mut alice, mut bob) = alice_and_bob().await;
@@ -276,10 +277,11 @@ async fn in_dialog_requests_follow_the_route_set_on_new_connections() {
     assert_eq!(alice_dialog.first_hop(), client_addr(&cluster, &fe(1)));
     assert_eq!(bob_dialog.first_hop(), client_addr(&cluster, &fe(3)));
 
-    // alice's ACK and BYE from a second connection to her first hop.
+    // alice's ACK on her flow (an ACK cannot be challenged, so a phone sends
+    // it where it is known), her BYE from a second connection to her first hop.
     let ca = ca_path(&cluster);
+    alice_dialog.ack(&mut alice).await;
     let mut alice2 = Ua::connect(alice_dialog.first_hop(), &ca, "alice", &password(&cluster, "alice")).await;
-    alice_dialog.ack(&mut alice2).await;
     let ack = bob.recv_request_method("ACK", WAIT).await;
     assert_eq!(cseq(&ack), (invite.cseq, "ACK".to_owned()));
     bob.expect_silence(Duration::from_millis(300)).await;

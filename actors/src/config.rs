@@ -69,6 +69,9 @@ pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// Default idle timeout of a client connection (RFC 5626 keep-alives reset it).
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 300_000;
 
+/// Default of `sip.assert_identity_to_clients`: clients are not trusted with assertions.
+pub const DEFAULT_ASSERT_IDENTITY_TO_CLIENTS: bool = false;
+
 /// The `[sip]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SipConfig {
@@ -103,6 +106,11 @@ pub struct SipConfig {
     /// client listener's own address (what `cluster up` uses, so nothing
     /// needs DNS).
     pub advertise: Option<String>,
+    /// Add `P-Asserted-Identity: <AOR>` (the identity the ingress node
+    /// authenticated) to requests delivered to clients. Off by default:
+    /// clients are outside the trust domain (RFC 3325 §5), so nothing
+    /// asserted leaves towards them unless the operator trusts them.
+    pub assert_identity_to_clients: bool,
 }
 
 impl Default for SipConfig {
@@ -127,6 +135,7 @@ impl Default for SipConfig {
             // SHA-256 (RFC 8760) is offered next for those that can.
             digest_algorithms: vec![crate::auth::Algorithm::Md5, crate::auth::Algorithm::Sha256],
             advertise: None,
+            assert_identity_to_clients: DEFAULT_ASSERT_IDENTITY_TO_CLIENTS,
         }
     }
 }
@@ -238,6 +247,7 @@ struct RawSip {
     certs: Vec<RawCert>,
     digest_algorithms: Option<Vec<String>>,
     advertise: Option<String>,
+    assert_identity_to_clients: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +401,7 @@ impl NodeConfig {
                 Some(a) => Some(check_advertise(&a).map_err(|m| invalid("sip.advertise", m))?),
                 None => None,
             },
+            assert_identity_to_clients: rs.assert_identity_to_clients.unwrap_or(sd.assert_identity_to_clients),
         };
         if sip.lockout.cap < sip.lockout.base {
             return Err(invalid(
@@ -504,6 +515,7 @@ impl NodeConfig {
         if let Some(a) = &p.advertise {
             s += &format!("advertise = {}\n", toml_str(a));
         }
+        s += &format!("assert_identity_to_clients = {}\n", p.assert_identity_to_clients);
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
@@ -577,6 +589,22 @@ heartbeat_interval_ms = 200
         assert_eq!(c.sip.lockout.base, Duration::from_millis(250));
         assert_eq!(c.sip.lockout.cap, Duration::from_secs(2));
         assert_eq!(parse(&c.to_toml()).unwrap().sip.lockout, c.sip.lockout);
+        assert!(
+            !c.sip.assert_identity_to_clients,
+            "nothing asserted to clients by default"
+        );
+    }
+
+    #[test]
+    fn assert_identity_to_clients_is_read_and_written() {
+        let c = parse(&format!("{GOOD}[sip]\nassert_identity_to_clients = true\n")).unwrap();
+        assert!(c.sip.assert_identity_to_clients);
+        assert!(c.to_toml().contains("\nassert_identity_to_clients = true\n"));
+        assert!(parse(&c.to_toml()).unwrap().sip.assert_identity_to_clients);
+        let err = parse(&format!("{GOOD}[sip]\nassert_identity_to_clients = \"yes\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("assert_identity_to_clients"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,11 @@ pub enum SipReject {
         /// Seconds until the lock ends (Retry-After).
         retry_after: u32,
     },
+    /// A Route entry naming this node carries a flow token that is not ours
+    /// (forged, moved to another flow, from a previous run), or a client used
+    /// tokens none of which names its own connection (RFC 5626 §5.3: 403).
+    #[error("invalid flow token")]
+    BadFlowToken,
 }
 
 impl SipReject {
@@ -105,6 +110,7 @@ impl SipReject {
                 "Forbidden (no digest users configured; use a client certificate)".into(),
             ),
             SipReject::LockedOut { .. } => (403, "Forbidden (too many failed authentication attempts)".into()),
+            SipReject::BadFlowToken => (403, "Forbidden (invalid flow token)".into()),
         }
     }
 
@@ -147,6 +153,11 @@ mod tests {
         assert_eq!(SipReject::PathDown("fe2".into()).headers()[0].value_str(), "5");
         assert_eq!(SipReject::IntervalTooBrief(60).headers()[0].value_str(), "60");
         assert_eq!(SipReject::DomainNotAllowed("fabrikam.test".into()).status().0, 403);
+        assert_eq!(
+            SipReject::BadFlowToken.status(),
+            (403, "Forbidden (invalid flow token)".into())
+        );
+        assert!(SipReject::BadFlowToken.headers().is_empty());
     }
 
     #[test]

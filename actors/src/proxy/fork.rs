@@ -106,7 +106,7 @@ impl Proxy {
                 }
                 self.send_to_source(&source, &best);
                 self.count_final(&request, code);
-                self.finish_server_txn(&request, code);
+                self.finish_server_txn(&request, code, &source);
             }
         }
     }
@@ -233,7 +233,7 @@ impl Proxy {
         self.send_to_source(&source, &resp);
         if first {
             self.count_final(&request, code);
-            self.finish_server_txn(&request, code);
+            self.finish_server_txn(&request, code, &source);
         }
     }
 }

@@ -6,8 +6,9 @@
 //! the hot path. Routing:
 //!
 //! - in-dialog requests follow their Route set: each node pops the entries it
-//!   recorded (`<sip:FQDN;lr;ob=FLOW>`) and either forwards to the next node or
-//!   delivers to the flow named by its own last entry;
+//!   recorded (`<sip:FQDN;lr;ob=TOKEN>`, a MACed flow token, see [`flows`])
+//!   and either forwards to the next node or delivers to the flow named by
+//!   its own last entry;
 //! - requests for `user@domain` go to the AOR's home node (rendezvous hash over
 //!   the up front-end members), which looks up the bindings and forwards to the
 //!   node holding the target's flow;
@@ -52,7 +53,7 @@ use crate::mesh::wire::{MeshRoute, SipMeta};
 use crate::mesh::SipSink;
 use crate::sip::{Header, HeaderName, Host, Method, ParseError, SipMessage};
 use answer::SipReject;
-use flows::{Flow, FlowId, Flows};
+use flows::{Flow, FlowId, Flows, TokenCheck};
 use registrar::Registrar;
 use route::{Local, Routed, RoutingView};
 use txn::Transactions;
@@ -95,6 +96,53 @@ pub struct SipCounters {
     pub transactions: BTreeMap<String, BTreeMap<u16, u64>>,
     /// Requests received, by method.
     pub requests: BTreeMap<String, u64>,
+    /// Requests refused without an answer of their own, by [`Refusal`].
+    pub refusals: BTreeMap<&'static str, u64>,
+    /// P-Asserted-Identity / P-Preferred-Identity headers removed from
+    /// client messages, or from messages towards clients.
+    pub identity_headers_removed: u64,
+    /// When each refusal reason was last logged.
+    #[serde(skip)]
+    refusal_logged: BTreeMap<&'static str, std::time::Instant>,
+}
+
+/// Refusals the proxy counts (the `refusals` object of `status`), besides
+/// the answers counted by status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// An ACK matching no transaction or dialog of this flow, on a
+    /// connection that proved no identity: dropped (an ACK is never answered).
+    AckUnauthenticated,
+    /// The same, authenticated, but its From is not the proven identity.
+    AckForbidden,
+    /// A Route token that is not ours, or that names another client's flow.
+    BadFlowToken,
+}
+
+impl Refusal {
+    /// The key in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::AckUnauthenticated => "ack_unauthenticated",
+            Refusal::AckForbidden => "ack_forbidden",
+            Refusal::BadFlowToken => "bad_flow_token",
+        }
+    }
+}
+
+/// A refusal reason is logged at most this often (strangers can trigger them).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Identity assertions (RFC 3325) that only this trust domain may make.
+pub const IDENTITY_HEADERS: [&str; 2] = ["P-Asserted-Identity", "P-Preferred-Identity"];
+
+/// Whether `h` is one of [`IDENTITY_HEADERS`] (neither has a compact form).
+fn is_identity_header(h: &Header) -> bool {
+    h.name == HeaderName::Other
+        && IDENTITY_HEADERS
+            .iter()
+            .any(|n| h.raw_name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 /// The proxy/registrar of one node.
@@ -199,14 +247,6 @@ impl Proxy {
         &self.shared.fqdn
     }
 
-    /// What this node puts in Record-Route.
-    fn record_route_as(&self) -> route::RecordRouteAs<'_> {
-        route::RecordRouteAs {
-            client: &self.advertise,
-            mesh: self.shared.mesh_addr,
-        }
-    }
-
     fn txns(&self) -> MutexGuard<'_, Transactions> {
         self.txns.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -223,6 +263,8 @@ impl Proxy {
             "requests": c.requests,
             "transactions": c.transactions,
             "auth": self.auth_stats(),
+            "refusals": c.refusals,
+            "identity_headers_removed": c.identity_headers_removed,
         })
     }
 
@@ -240,6 +282,9 @@ impl Proxy {
     /// A message from a client connection.
     pub fn from_client(&self, flow: &Arc<Flow>, mut msg: SipMessage) {
         let source = Source::Flow(flow.id);
+        // Claims from outside the trust domain are removed (RFC 3325); inside
+        // the mesh the identity travels in `SipMeta`, asserted by this node.
+        self.strip_identity(&mut msg);
         if !msg.is_request() {
             self.on_response(msg);
             return;
@@ -249,13 +294,21 @@ impl Proxy {
         let credentials = authn::take_credentials(&mut msg);
         self.count_request(&msg);
         let method = msg.method().cloned().unwrap_or(Method::Other("?".into()));
-        if method == Method::Ack {
-            let origin = self.local_origin(flow.identity());
-            self.on_ack(msg, source, origin);
-            return;
-        }
-        if method == Method::Cancel {
-            self.on_cancel(msg, source);
+        // Only what matches state skips authentication: an ACK or CANCEL of a
+        // transaction this flow started, or an ACK within a dialog we
+        // record-routed for this flow. Anything else is a request like any.
+        let matched = match method {
+            Method::Ack => self.ack_matches(&msg, &source) || route::in_dialog_of(&msg, flow.id, self),
+            Method::Cancel => self.has_server_txn_from(&msg, &source),
+            _ => false,
+        };
+        if matched {
+            if method == Method::Ack {
+                let origin = self.local_origin(flow.identity());
+                self.on_ack(msg, source, origin);
+            } else {
+                self.on_cancel(msg, source);
+            }
             return;
         }
         if let Err(why) = route::check_request(&msg, self) {
@@ -263,6 +316,8 @@ impl Proxy {
         }
         let identity = match self.authenticate(flow, &msg, &credentials) {
             Ok(id) => id,
+            // An ACK is never answered (RFC 3261 §17.2.3): dropped, counted.
+            Err(_) if method == Method::Ack => return self.refused(Refusal::AckUnauthenticated),
             Err(why) => {
                 let (code, reason) = why.status();
                 return self.respond(&source, &msg, code, &reason, why.headers());
@@ -275,12 +330,46 @@ impl Proxy {
         }
         .and_then(|a| a.uri.map(|u| u.aor()));
         if claimed.as_deref() != Some(identity.as_str()) {
+            if method == Method::Ack {
+                return self.refused(Refusal::AckForbidden);
+            }
             let what = if method == Method::Register { "To" } else { "From" };
             let why = SipReject::Forbidden(format!("{what} does not match the authenticated identity {identity}"));
             return self.reject(&source, &msg, why);
         }
         let origin = self.local_origin(Some(identity));
-        self.route(msg, source, origin, None);
+        match method {
+            Method::Ack => self.on_ack(msg, source, origin),
+            // Authenticated, but no transaction of this flow: 481 (RFC 3261 §9.2).
+            Method::Cancel => self.on_cancel(msg, source),
+            _ => self.route(msg, source, origin, None),
+        }
+    }
+
+    /// Remove P-Asserted-Identity / P-Preferred-Identity (counted).
+    fn strip_identity(&self, msg: &mut SipMessage) {
+        let before = msg.headers.len();
+        msg.headers.retain(|h| !is_identity_header(h));
+        let removed = before - msg.headers.len();
+        if removed > 0 {
+            let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            c.identity_headers_removed += removed as u64;
+        }
+    }
+
+    /// Count a refusal and log it, at most once per [`REFUSAL_LOG_INTERVAL`] per reason.
+    fn refused(&self, why: Refusal) {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.refusals.entry(why.as_str()).or_default();
+        *n += 1;
+        let total = *n;
+        let now = std::time::Instant::now();
+        let last = c.refusal_logged.get(why.as_str()).copied();
+        if last.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+            c.refusal_logged.insert(why.as_str(), now);
+            drop(c);
+            tracing::warn!(reason = why.as_str(), total, "SIP request refused at the client door");
+        }
     }
 
     fn count_request(&self, msg: &SipMessage) {
@@ -363,7 +452,7 @@ impl Proxy {
                 match self.registrar.register(msg, identity, &flow_node, flow_id) {
                     Ok(contacts) => {
                         self.respond(source, msg, 200, "OK", contacts);
-                        self.finish_server_txn(msg, 200);
+                        self.finish_server_txn(msg, 200, source);
                     }
                     Err(why) => self.reject(source, msg, why),
                 }
@@ -465,6 +554,29 @@ impl RoutingView for Proxy {
             Some(a) => a.users().user(user).is_some(),
             None => true,
         }
+    }
+
+    fn flow_token(&self, flow: FlowId) -> Option<String> {
+        self.flows.get(flow).map(|f| self.flows.token(&f))
+    }
+
+    fn flow_for_token(&self, token: &str) -> Result<FlowId, SipReject> {
+        match self.flows.check_token(token) {
+            TokenCheck::Flow(id) => Ok(id),
+            TokenCheck::Gone => Err(SipReject::Unavailable),
+            TokenCheck::Forged => Err(SipReject::BadFlowToken),
+        }
+    }
+
+    fn record_route_as(&self) -> route::RecordRouteAs<'_> {
+        route::RecordRouteAs {
+            client: &self.advertise,
+            mesh: self.shared.mesh_addr,
+        }
+    }
+
+    fn flow_identity(&self, flow: FlowId) -> Option<String> {
+        self.flows.get(flow).and_then(|f| f.identity())
     }
 
     fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {

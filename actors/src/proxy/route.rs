@@ -12,6 +12,14 @@
 //!   forks to every binding ([`Target`]), wherever its flow is.
 //! - [`record_route`], [`loop_hash`], [`is_loop`]: what the proxy adds to a
 //!   forwarded request.
+//! - [`in_dialog_of`]: whether a request's Route set is one this node
+//!   record-routed for the flow it came on (what lets an ACK for a 2xx skip
+//!   authentication).
+//!
+//! Flow tokens (`ob=` in our entries) are minted and checked by the view
+//! ([`RoutingView::flow_token`], [`RoutingView::flow_for_token`]); only
+//! tokens that verify are honoured, and a client may use tokens only when
+//! one of them names its own connection.
 
 use sipmesh_state::{Binding, Fqdn};
 
@@ -87,6 +95,21 @@ pub trait RoutingView {
     fn is_local_user(&self, user: &str) -> bool;
     /// The live bindings of `aor` (this node is its home), highest q first.
     fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject>;
+    /// The token naming the open flow `flow` in our Record-Route (`None`: it closed).
+    fn flow_token(&self, flow: FlowId) -> Option<String>;
+    /// The flow named by a token from a Route entry of ours: `Unavailable`
+    /// when that flow is gone, `BadFlowToken` when the token is not ours.
+    fn flow_for_token(&self, token: &str) -> Result<FlowId, SipReject>;
+    /// What this node puts in Record-Route.
+    fn record_route_as(&self) -> RecordRouteAs<'_>;
+    /// The identity the open flow `flow` proved, if any.
+    fn flow_identity(&self, flow: FlowId) -> Option<String>;
+}
+
+/// The `ob=` flow token of a Route/Record-Route URI (`ob` alone is the RFC
+/// 5626 flag a client may preload, not a token).
+fn token_of(uri: &SipUri) -> Option<&str> {
+    uri.param("ob").flatten()
 }
 
 fn request_uri(msg: &SipMessage) -> Result<SipUri, SipReject> {
@@ -137,8 +160,17 @@ pub fn by_request(
     identity: Option<&str>,
     view: &impl RoutingView,
 ) -> Result<Routed, SipReject> {
-    // Loose routing: pop our own entries, remembering the flow of the last one.
+    // Loose routing: pop our own entries, remembering the flow of the last
+    // one. A client may use flow tokens only when one of them names its own
+    // connection: that is what a dialog we record-routed for it looks like.
+    let client = match source {
+        Source::Flow(f) => Some(*f),
+        Source::Mesh(_) => None,
+    };
     let mut popped_flow = None;
+    let mut tokens = false;
+    let mut own_named = false;
+    let foreign_tokens = |tokens: bool, own_named: bool| client.is_some() && tokens && !own_named;
     loop {
         let routes = msg.routes().map_err(SipReject::Malformed)?;
         let Some(top) = routes.first() else { break };
@@ -147,20 +179,33 @@ pub fn by_request(
         };
         if view.is_me(&uri.host, uri.port) {
             // Our client-facing entry names a flow; our mesh-facing one none.
-            if let Some(flow) = uri.param("ob").flatten().and_then(|v| v.parse::<u64>().ok()) {
+            if let Some(token) = token_of(uri) {
+                let flow = view.flow_for_token(token)?;
+                tokens = true;
+                // Its own connection, or another of the same user (a phone
+                // may send in-dialog requests on a new connection; it then
+                // authenticates first).
+                own_named |= client == Some(flow)
+                    || (client.is_some() && identity.is_some() && view.flow_identity(flow).as_deref() == identity);
                 popped_flow = Some(flow);
             }
             msg.remove_first(HeaderName::Route);
             continue;
+        }
+        if foreign_tokens(tokens, own_named) {
+            return Err(SipReject::BadFlowToken);
         }
         if let Some(member) = view.member(&uri.host, uri.port) {
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
         }
         return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
     }
+    if foreign_tokens(tokens, own_named) {
+        return Err(SipReject::BadFlowToken);
+    }
     if let Some(flow) = popped_flow {
         // The last entry we popped names the flow on our side of the dialog.
-        if *source != Source::Flow(flow) {
+        if client != Some(flow) {
             return Ok(Routed::Next(NextHop::Flow(flow)));
         }
     }
@@ -275,9 +320,9 @@ pub struct RecordRouteAs<'a> {
 }
 
 impl RecordRouteAs<'_> {
-    /// The entry facing a client, naming its flow (RFC 5626 `ob`).
-    pub fn client_entry(&self, flow: FlowId) -> String {
-        format!("<sip:{};transport=tls;lr;ob={flow}>", self.client)
+    /// The entry facing a client, naming its flow by a token (RFC 5626 `ob`).
+    pub fn client_entry(&self, token: &str) -> String {
+        format!("<sip:{};transport=tls;lr;ob={token}>", self.client)
     }
 
     /// The entry facing the mesh.
@@ -290,29 +335,51 @@ impl RecordRouteAs<'_> {
 /// dialog) at the nodes holding the flows: an entry for each side of this
 /// node the request crosses, the outgoing side's on top. A client side names
 /// its flow; two client sides (both ends here) give two client entries.
-pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, rr: &RecordRouteAs<'_>) {
+pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, view: &impl RoutingView) {
     let dialog_creating = matches!(msg.method(), Some(Method::Invite | Method::Subscribe))
         && msg.to_hdr().ok().is_some_and(|t| t.tag().is_none());
     if !dialog_creating {
         return;
     }
     let incoming = match source {
-        Source::Flow(f) => Some(rr.client_entry(*f)),
+        Source::Flow(f) => Some(record_route_entry(view, *f)),
         Source::Mesh(_) => None,
     };
     let outgoing = match next {
-        NextHop::Flow(f) => Some(rr.client_entry(*f)),
+        NextHop::Flow(f) => Some(record_route_entry(view, *f)),
         NextHop::Mesh(..) => None,
     };
     if incoming.is_none() && outgoing.is_none() {
         return; // transit between nodes (e.g. the home): not in the dialog
     }
     // Pushed to the front: the incoming side's first, so the outgoing side's
-    // ends up on top.
+    // ends up on top. A flow that closed meanwhile gets no entry.
     for entry in [incoming, outgoing] {
-        let entry = entry.unwrap_or_else(|| rr.mesh_entry());
+        let entry = match entry {
+            Some(Some(client)) => client,
+            Some(None) => continue,
+            None => view.record_route_as().mesh_entry(),
+        };
         msg.push_header_front(Header::new(HeaderName::RecordRoute, &entry));
     }
+}
+
+/// Our Record-Route entry naming `flow`: the one place its form is written.
+/// `None` when the flow closed (the request then fails to reach it anyway).
+fn record_route_entry(view: &impl RoutingView, flow: FlowId) -> Option<String> {
+    Some(view.record_route_as().client_entry(&view.flow_token(flow)?))
+}
+
+/// Whether `msg` is within a dialog this node record-routed for `flow`: of
+/// the Route entries at the top that name this node, one carries a token of
+/// ours that verifies for `flow`. Read only; [`by_request`] pops them later.
+pub fn in_dialog_of(msg: &SipMessage, flow: FlowId, view: &impl RoutingView) -> bool {
+    let Ok(routes) = msg.routes() else { return false };
+    routes
+        .iter()
+        .map_while(|r| r.uri.as_ref().filter(|u| view.is_me(&u.host, u.port)))
+        .filter_map(token_of)
+        .any(|token| view.flow_for_token(token) == Ok(flow))
 }
 
 /// Hash for loop detection over what identifies the request at this hop

@@ -4,18 +4,29 @@
 
 use super::answer::SipReject;
 use super::route::NextHop;
-use super::{server_key, to_tag, Origin, Proxy, Source, SERVER};
+use super::{is_identity_header, server_key, to_tag, Origin, Proxy, Source, IDENTITY_HEADERS, SERVER};
 use crate::mesh::status::SendError;
 use crate::mesh::wire::{Frame, MeshRoute, SipMeta};
 use crate::sip::{Header, HeaderName, Method, SipMessage};
+use bytes::Bytes;
 use sipmesh_state::Fqdn;
+
+/// Whether the request asks that its sender's identity be withheld
+/// (`Privacy: id`, RFC 3323/3325).
+fn wants_privacy_id(msg: &SipMessage) -> bool {
+    msg.headers
+        .iter()
+        .filter(|h| h.raw_name.eq_ignore_ascii_case(b"Privacy"))
+        .flat_map(|h| h.value_str().split([';', ',']))
+        .any(|v| v.trim().eq_ignore_ascii_case("id"))
+}
 
 impl Proxy {
     pub(super) fn send_to_source(&self, source: &Source, msg: &SipMessage) {
         match source {
             Source::Flow(id) => {
                 if let Some(flow) = self.flows.get(*id) {
-                    if !flow.send(msg.to_bytes()) {
+                    if !flow.send(self.towards_client(msg, None)) {
                         tracing::debug!(flow = id, "client queue full; response dropped");
                     }
                 }
@@ -56,7 +67,7 @@ impl Proxy {
         match next {
             NextHop::Flow(id) => {
                 let flow = self.flows.get(*id).ok_or(SipReject::Unavailable)?;
-                if flow.send(msg.to_bytes()) {
+                if flow.send(self.towards_client(msg, Some(origin))) {
                     Ok(())
                 } else {
                     Err(SipReject::Busy)
@@ -64,6 +75,27 @@ impl Proxy {
             }
             NextHop::Mesh(peer, route) => self.send_mesh(peer, msg, Some(origin), route.clone()),
         }
+    }
+
+    /// The bytes of `msg` for a client: no identity assertion leaves the
+    /// trust domain, except ours (the identity the ingress node proved, from
+    /// `origin`) on requests when `sip.assert_identity_to_clients` is set and
+    /// the sender did not ask for `Privacy: id` (RFC 3325 §7).
+    fn towards_client(&self, msg: &SipMessage, origin: Option<&Origin>) -> Bytes {
+        let assert = origin
+            .and_then(|o| o.identity.as_deref())
+            .filter(|_| self.config.assert_identity_to_clients && msg.is_request() && !wants_privacy_id(msg));
+        let foreign = msg.headers.iter().any(is_identity_header);
+        if assert.is_none() && !foreign {
+            return msg.to_bytes();
+        }
+        let mut out = msg.clone();
+        self.strip_identity(&mut out);
+        if let Some(identity) = assert {
+            out.headers
+                .push(Header::other(IDENTITY_HEADERS[0], &format!("<{identity}>")));
+        }
+        out.to_bytes()
     }
 
     /// Answer a request ourselves (and count it).
@@ -89,9 +121,12 @@ impl Proxy {
     pub(super) fn reject(&self, source: &Source, req: &SipMessage, why: SipReject) {
         let (code, reason) = why.status();
         tracing::debug!(code, reason = %reason, cause = %why, "answering request with an error");
+        if why == SipReject::BadFlowToken {
+            self.refused(super::Refusal::BadFlowToken);
+        }
         self.respond(source, req, code, &reason, why.headers());
         // A rejected INVITE's server transaction still absorbs the ACK.
-        self.finish_server_txn(req, code);
+        self.finish_server_txn(req, code, source);
     }
 
     pub(super) fn count_final(&self, req: &SipMessage, code: u16) {

@@ -115,6 +115,13 @@ impl Client {
         Client { flow, rx }
     }
 
+    /// A connection that proved no identity.
+    fn stranger(proxy: &Proxy) -> Client {
+        let (tx, rx) = mpsc::channel(64);
+        let flow = proxy.flows.open(tx, "127.0.0.1:40009".parse().unwrap(), None);
+        Client { flow, rx }
+    }
+
     fn send(&self, proxy: &Proxy, text: &str) {
         proxy.from_client(&self.flow, SipMessage::parse(Bytes::from(text.to_owned())).unwrap());
     }
@@ -158,6 +165,15 @@ fn invite(branch: &str) -> String {
         "INVITE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch={branch}\r\n\
          From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>\r\nCall-ID: {branch}\r\n\
          CSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:40001;transport=tls>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A CANCEL or ACK (for a non-2xx) of [`invite`]`(branch)`: same Via, Call-ID, CSeq number.
+fn hop(method: &str, branch: &str) -> String {
+    format!(
+        "{method} sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch={branch}\r\n\
+         From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>;tag=b\r\nCall-ID: {branch}\r\n\
+         CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
     )
 }
 
@@ -440,3 +456,108 @@ async fn a_message_forks_and_the_first_answer_wins() {
 }
 
 mod auth;
+#[tokio::test(start_paused = true)]
+async fn only_the_hop_that_sent_an_invite_can_cancel_it() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut bob, mut carol) = (
+        Client::open(p, "alice"),
+        Client::open(p, "bob"),
+        Client::open(p, "carol"),
+    );
+    let mut stranger = Client::stranger(p);
+    register(p, &mut bob, "bob");
+    alice.send(p, &invite("z9hG4bK-inv5"));
+    assert_eq!(lines(&alice.received()), ["100"]);
+    assert_eq!(lines(&bob.received()), ["INVITE"]);
+    // The same CANCEL from another connection matches nothing of that
+    // connection: a stranger must authenticate like any request (here no
+    // digest users: 403), an authenticated one gets 481 (when its From is
+    // its own; claiming alice is the usual 403).
+    stranger.send(p, &hop("CANCEL", "z9hG4bK-inv5"));
+    assert_eq!(lines(&stranger.received()), ["403"]);
+    carol.send(p, &hop("CANCEL", "z9hG4bK-inv5"));
+    assert_eq!(lines(&carol.received()), ["403"]);
+    carol.send(p, &hop("CANCEL", "z9hG4bK-inv5").replace("<sip:alice@", "<sip:carol@"));
+    assert_eq!(lines(&carol.received()), ["481"]);
+    assert!(bob.received().is_empty(), "the INVITE is not cancelled");
+    assert_eq!(live(p), (1, 1));
+    // From alice's own connection: 200, and the CANCEL goes downstream.
+    alice.send(p, &hop("CANCEL", "z9hG4bK-inv5"));
+    assert_eq!(lines(&alice.received()), ["200"]);
+    assert_eq!(lines(&bob.received()), ["CANCEL"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_hop_that_sent_a_failed_invite_has_its_ack_absorbed() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut bob) = (Client::open(p, "alice"), Client::open(p, "bob"));
+    let mut stranger = Client::stranger(p);
+    register(p, &mut bob, "bob");
+    alice.send(p, &invite("z9hG4bK-inv6"));
+    let forwarded = bob.received().pop().unwrap();
+    p.from_client(
+        &bob.flow,
+        SipMessage::response_to(&forwarded, 486, "Busy Here", Some("b")),
+    );
+    assert_eq!(lines(&alice.received()), ["100", "486"]);
+    assert_eq!(lines(&bob.received()), ["ACK"]);
+    // A stranger's copy of the ACK: dropped unanswered, counted, absorbs nothing.
+    stranger.send(p, &hop("ACK", "z9hG4bK-inv6"));
+    assert!(stranger.received().is_empty());
+    assert!(bob.received().is_empty());
+    assert_eq!(live(p), (1, 0));
+    assert_eq!(p.stats()["refusals"]["ack_unauthenticated"], 1);
+    // alice's ACK is the one the transaction waits for.
+    alice.send(p, &hop("ACK", "z9hG4bK-inv6"));
+    assert_eq!(live(p), (0, 0));
+    assert!(alice.received().is_empty());
+    assert!(bob.received().is_empty());
+}
+
+fn identity_values(m: &SipMessage) -> Vec<String> {
+    m.headers
+        .iter()
+        .filter(|h| {
+            IDENTITY_HEADERS
+                .iter()
+                .any(|n| h.raw_name_str().eq_ignore_ascii_case(n))
+        })
+        .map(|h| format!("{}: {}", h.raw_name_str(), h.value_str()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn identity_is_asserted_to_clients_only_when_configured_and_not_withheld() {
+    let message = |extra: &str| {
+        format!(
+            "MESSAGE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch=z9hG4bK-m{}\r\n\
+             From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>\r\nCall-ID: m\r\nCSeq: 1 MESSAGE\r\n\
+             P-Asserted-Identity: <sip:dave@contoso.test>\r\n{extra}Content-Length: 0\r\n\r\n",
+            extra.len()
+        )
+    };
+    for (assert, extra, want) in [
+        (false, "", vec![]),
+        (
+            true,
+            "",
+            vec!["P-Asserted-Identity: <sip:alice@contoso.test>".to_owned()],
+        ),
+        (true, "Privacy: header;id\r\n", vec![]),
+    ] {
+        let n = node(SipConfig {
+            assert_identity_to_clients: assert,
+            ..SipConfig::default()
+        });
+        let p = &n.proxy;
+        let (alice, mut bob) = (Client::open(p, "alice"), Client::open(p, "bob"));
+        register(p, &mut bob, "bob");
+        alice.send(p, &message(extra));
+        let got = bob.received();
+        assert_eq!(lines(&got), ["MESSAGE"]);
+        assert_eq!(identity_values(&got[0]), want, "assert={assert} {extra:?}");
+        assert_eq!(p.stats()["identity_headers_removed"], 1);
+    }
+}

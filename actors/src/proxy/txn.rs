@@ -174,6 +174,24 @@ impl Proxy {
         self.txns().server.contains_key(key)
     }
 
+    /// Whether `msg` (a CANCEL) shares the key of a live server transaction
+    /// that came from the same hop: RFC 3261 §22.1 accepts a CANCEL only
+    /// from the hop that sent the request, so it needs no credentials.
+    pub(super) fn has_server_txn_from(&self, msg: &SipMessage, source: &Source) -> bool {
+        server_key(msg).is_some_and(|key| self.txns().server.get(&key).is_some_and(|st| st.source == *source))
+    }
+
+    /// Whether `msg` (an ACK) is the ACK of a failed INVITE's server
+    /// transaction started by the same hop.
+    pub(super) fn ack_matches(&self, msg: &SipMessage, source: &Source) -> bool {
+        server_key(msg).is_some_and(|key| {
+            self.txns()
+                .server
+                .get(&key)
+                .is_some_and(|st| st.source == *source && st.final_status.is_some_and(|c| c >= 300))
+        })
+    }
+
     /// Record that the server transaction `key` sent a final `code`.
     pub(super) fn set_final_status(&self, key: &str, code: u16) {
         if let Some(st) = self.txns().server.get_mut(key) {
@@ -263,7 +281,7 @@ impl Proxy {
                     uri.clone_from(&target.contact);
                 }
             }
-            route::record_route(&mut msg, &source, &target.next, &self.record_route_as());
+            route::record_route(&mut msg, &source, &target.next, self);
             let b = branch();
             msg.push_header_front(Header::new(
                 HeaderName::Via,
@@ -379,7 +397,7 @@ impl Proxy {
 
     /// The server transaction of `req` answered `code`: keep a failed
     /// INVITE's to absorb the ACK (for [`ACK_WAIT`] at most), drop the rest.
-    pub(super) fn finish_server_txn(&self, req: &SipMessage, code: u16) {
+    pub(super) fn finish_server_txn(&self, req: &SipMessage, code: u16, source: &Source) {
         if matches!(req.method(), Some(Method::Cancel | Method::Ack)) {
             return; // they share the INVITE's key but are not the INVITE
         }
@@ -398,7 +416,7 @@ impl Proxy {
                     t.server.insert(
                         key,
                         ServerTxn {
-                            source: Source::Mesh(self.me().clone()),
+                            source: source.clone(),
                             request: req.clone(),
                             final_status: Some(code),
                             expire,
@@ -420,14 +438,14 @@ impl Proxy {
         }
     }
 
-    /// An ACK: absorbed by a failed INVITE's server transaction, or (for a
-    /// 2xx) routed end to end like any in-dialog request.
+    /// An ACK: absorbed by a failed INVITE's server transaction (from the
+    /// same hop), or (for a 2xx) routed end to end like any in-dialog request.
     pub(super) fn on_ack(&self, mut msg: SipMessage, source: Source, origin: Origin) {
         if let Some(key) = server_key(&msg) {
             let mut t = self.txns();
             if t.server
                 .get(&key)
-                .is_some_and(|st| st.final_status.is_some_and(|c| c >= 300))
+                .is_some_and(|st| st.source == source && st.final_status.is_some_and(|c| c >= 300))
             {
                 t.remove_server(&key);
                 return;
@@ -439,6 +457,7 @@ impl Proxy {
         }
         let next = match route::by_request(&mut msg, &source, origin.identity.as_deref(), self) {
             Ok(Routed::Next(n)) => n,
+            Err(SipReject::BadFlowToken) => return self.refused(super::Refusal::BadFlowToken),
             Ok(_) | Err(_) => return,
         };
         msg.set_header(Header::new(HeaderName::MaxForwards, &(mf - 1).to_string()));
@@ -458,7 +477,7 @@ impl Proxy {
         let found = {
             let mut guard = self.txns();
             let t = &mut *guard;
-            t.server.get_mut(&key).map(|st| {
+            t.server.get_mut(&key).filter(|st| st.source == source).map(|st| {
                 let pending = st.final_status.is_none();
                 if pending {
                     st.settled = true;

@@ -1,7 +1,9 @@
 //! Every routing outcome `tests/sip.rs` checks through sockets, checked here
 //! as a pure function against a table-built view: fe1 is "us", fe2 and fe3
 //! are members, bob's home is fe2, carol's is fe1 with her flow on fe3, dave
-//! is a user with no registration.
+//! is a user with no registration; fe1's mesh address is 198.18.0.1:5071 and
+//! fe2's 198.18.0.2:5071. Our flow tokens are `t<id>` for the open
+//! flows 4, 5, 9, 33 and 34 (5 and 9 alice's); anything else is not ours.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,7 @@ struct View {
     users: Vec<&'static str>,
     homes: HashMap<&'static str, Fqdn>,
     bindings: HashMap<&'static str, Vec<Binding>>,
+    flows: Vec<FlowId>,
 }
 
 fn fqdn(s: &str) -> Fqdn {
@@ -62,6 +65,7 @@ fn view() -> View {
                 vec![binding("sip:alice@contoso.test", "fe1.contoso.test", 5)],
             ),
         ]),
+        flows: vec![4, 5, 9, 33, 34],
     }
 }
 
@@ -101,6 +105,34 @@ impl RoutingView for View {
     fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {
         Ok(self.bindings.get(aor).cloned().unwrap_or_default())
     }
+    fn flow_token(&self, flow: FlowId) -> Option<String> {
+        self.flows.contains(&flow).then(|| format!("t{flow}"))
+    }
+    fn flow_for_token(&self, token: &str) -> Result<FlowId, SipReject> {
+        let id: FlowId = token
+            .strip_prefix('t')
+            .and_then(|n| n.parse().ok())
+            .ok_or(SipReject::BadFlowToken)?;
+        if self.flows.contains(&id) {
+            Ok(id)
+        } else {
+            Err(SipReject::Unavailable)
+        }
+    }
+    fn flow_identity(&self, flow: FlowId) -> Option<String> {
+        // Flows 5 and 9 are alice's (9 is where the table's requests come
+        // from), the others bob's.
+        let user = if flow == 5 || flow == 9 { "alice" } else { "bob" };
+        self.flows.contains(&flow).then(|| format!("sip:{user}@contoso.test"))
+    }
+    fn record_route_as(&self) -> RecordRouteAs<'_> {
+        // fe1 as it names itself: its advertised client address and its mesh
+        // address (is_me above knows both).
+        RecordRouteAs {
+            client: "127.0.0.1:5061",
+            mesh: "198.18.0.1:5071".parse().unwrap(),
+        }
+    }
 }
 
 /// A request with the usual headers; `extra` lines go before Content-Length.
@@ -126,9 +158,17 @@ use bytes::Bytes;
 
 const FLOW: Source = Source::Flow(9);
 
-fn route(mut msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
-    let r = by_request(&mut msg, &FLOW, Some("sip:alice@contoso.test"), &view());
+fn route(msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
+    route_from(&FLOW, msg)
+}
+
+fn route_from(source: &Source, mut msg: SipMessage) -> (Result<Routed, SipReject>, SipMessage) {
+    let r = by_request(&mut msg, source, Some("sip:alice@contoso.test"), &view());
     (r, msg)
+}
+
+fn from_mesh() -> Source {
+    Source::Mesh(fqdn("fe2.contoso.test"))
 }
 
 fn mesh(node: &str, route: MeshRoute) -> Result<Routed, SipReject> {
@@ -281,39 +321,156 @@ fn register_goes_to_the_home_of_the_to_aor() {
 
 #[test]
 fn route_sets_are_followed() {
-    // Our own entry is popped and its flow is where the request goes.
+    // From the mesh, our own entry is popped and its flow is where the request goes.
+    let (r, msg) = route_from(
+        &from_mesh(),
+        req(
+            "BYE",
+            "sip:bob@127.0.0.1:5090",
+            &["Route: <sip:fe1.contoso.test;lr;ob=t33>"],
+        ),
+    );
+    assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
+    assert_eq!(msg.routes().unwrap().len(), 0);
+    // From a client, both ends here: its own entry, then the other flow's.
     let (r, msg) = route(req(
         "BYE",
         "sip:bob@127.0.0.1:5090",
-        &["Route: <sip:fe1.contoso.test;lr;ob=33>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>, <sip:fe1.contoso.test;lr;ob=t33>"],
     ));
     assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
     assert_eq!(msg.routes().unwrap().len(), 0);
-    // Ours, then a member's: popped, then over the mesh along the dialog.
+    // Ours, then a member's: popped, then over the mesh along the dialog
+    // (fe2's token is fe2's to check).
     let (r, msg) = route(req(
         "BYE",
         "sip:bob@127.0.0.1:5090",
-        &["Route: <sip:fe1.contoso.test;lr;ob=33>, <sip:fe2.contoso.test;lr;ob=12>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>, <sip:fe2.contoso.test;lr;ob=anything>"],
     ));
     assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Dialog));
     assert_eq!(msg.routes().unwrap().len(), 1);
     // A route naming the client address counts as us.
-    let (r, _) = route(req(
-        "BYE",
-        "sip:bob@contoso.test",
-        &["Route: <sip:127.0.0.1:5061;lr;ob=34>"],
-    ));
+    let (r, _) = route_from(
+        &from_mesh(),
+        req(
+            "BYE",
+            "sip:bob@contoso.test",
+            &["Route: <sip:127.0.0.1:5061;lr;ob=t34>"],
+        ),
+    );
     assert_eq!(r, Ok(Routed::Next(NextHop::Flow(34))));
     // Our entry naming the flow the request came from: routed by Request-URI.
     let (r, _) = route(req(
         "BYE",
         "sip:bob@contoso.test",
-        &["Route: <sip:fe1.contoso.test;lr;ob=9>"],
+        &["Route: <sip:fe1.contoso.test;lr;ob=t9>"],
+    ));
+    assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Home { flow: None }));
+    // A preloaded route with the RFC 5626 `ob` flag (no token): popped, then the Request-URI.
+    let (r, _) = route(req(
+        "MESSAGE",
+        "sip:bob@contoso.test",
+        &["Route: <sip:fe1.contoso.test;lr;ob>"],
     ));
     assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Home { flow: None }));
     // A route to anywhere else is refused.
     let (r, _) = route(req("BYE", "sip:bob@contoso.test", &["Route: <sip:evil.example;lr>"]));
     assert_eq!(r, Err(SipReject::DomainNotAllowed("evil.example".into())));
+}
+
+#[test]
+fn only_tokens_that_verify_are_honoured() {
+    let mesh_src = from_mesh();
+    let cases: Vec<(&str, &Source, &str, Result<Routed, SipReject>)> = vec![
+        (
+            "forged, from the mesh",
+            &mesh_src,
+            "<sip:fe1.contoso.test;lr;ob=x33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "forged, from a client",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "flow closed",
+            &mesh_src,
+            "<sip:fe1.contoso.test;lr;ob=t99>",
+            Err(SipReject::Unavailable),
+        ),
+        // Genuine tokens, but none names the client's own flow: not its dialog.
+        (
+            "another client's flow",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t33>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "another client's flow, then a member",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t33>, <sip:fe2.contoso.test;lr;ob=t12>",
+            Err(SipReject::BadFlowToken),
+        ),
+        (
+            "the same user's other flow (a new connection)",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t5>",
+            Ok(Routed::Next(NextHop::Flow(5))),
+        ),
+        (
+            "its own flow, then a forged one",
+            &FLOW,
+            "<sip:fe1.contoso.test;lr;ob=t9>, <sip:fe1.contoso.test;lr;ob=t9x>",
+            Err(SipReject::BadFlowToken),
+        ),
+    ];
+    for (what, source, routes, want) in cases {
+        let route_line = format!("Route: {routes}");
+        let (r, _) = route_from(source, req("BYE", "sip:bob@127.0.0.1:5090", &[route_line.as_str()]));
+        assert_eq!(r, want, "{what}");
+    }
+}
+
+#[test]
+fn a_dialog_of_ours_is_recognised_by_the_flow_it_names() {
+    let v = view();
+    let with = |routes: &str| req("ACK", "sip:bob@127.0.0.1:5090", &[format!("Route: {routes}").as_str()]);
+    let cases: Vec<(&str, SipMessage, FlowId, bool)> = vec![
+        ("its own token", with("<sip:fe1.contoso.test;lr;ob=t9>"), 9, true),
+        (
+            "own token second of ours",
+            with("<sip:fe1.contoso.test;lr;ob=t33>, <sip:fe1.contoso.test;lr;ob=t9>"),
+            9,
+            true,
+        ),
+        (
+            "own token, then a member",
+            with("<sip:127.0.0.1:5061;lr;ob=t9>, <sip:fe2.contoso.test;lr;ob=t12>"),
+            9,
+            true,
+        ),
+        (
+            "another flow's token",
+            with("<sip:fe1.contoso.test;lr;ob=t33>"),
+            9,
+            false,
+        ),
+        ("forged", with("<sip:fe1.contoso.test;lr;ob=9>"), 9, false),
+        ("closed", with("<sip:fe1.contoso.test;lr;ob=t99>"), 99, false),
+        ("no token", with("<sip:fe1.contoso.test;lr>"), 9, false),
+        (
+            "ours only after a member's",
+            with("<sip:fe2.contoso.test;lr>, <sip:fe1.contoso.test;lr;ob=t9>"),
+            9,
+            false,
+        ),
+        ("no Route", req("ACK", "sip:bob@contoso.test", &[]), 9, false),
+    ];
+    for (what, msg, flow, want) in cases {
+        assert_eq!(in_dialog_of(&msg, flow, &v), want, "{what}");
+    }
 }
 
 #[test]
@@ -363,25 +520,19 @@ fn record_routes(msg: &SipMessage) -> Vec<String> {
         .collect()
 }
 
-/// fe1 as it names itself in Record-Route: its advertised client address and
-/// its mesh address (the view above knows both as "me").
-fn rr() -> RecordRouteAs<'static> {
-    RecordRouteAs {
-        client: "127.0.0.1:5061",
-        mesh: "198.18.0.1:5071".parse().unwrap(),
-    }
-}
-
 #[test]
 fn dialog_creating_requests_are_record_routed_with_an_entry_per_side() {
     let to_bob = NextHop::Mesh(fqdn("fe2.contoso.test"), MeshRoute::Home { flow: None });
     // From a client to the mesh: the mesh-facing entry on top, the client's
     // (naming its flow) below.
     let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
-    record_route(&mut m, &FLOW, &to_bob, &rr());
+    record_route(&mut m, &FLOW, &to_bob, &view());
     assert_eq!(
         record_routes(&m),
-        ["<sip:198.18.0.1:5071;lr>", "<sip:127.0.0.1:5061;transport=tls;lr;ob=9>"]
+        [
+            "<sip:198.18.0.1:5071;lr>",
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=t9>"
+        ]
     );
     // From the mesh to a flow here: the callee's side on top.
     let mut m = req("SUBSCRIBE", "sip:bob@contoso.test", &[]);
@@ -389,20 +540,23 @@ fn dialog_creating_requests_are_record_routed_with_an_entry_per_side() {
         &mut m,
         &Source::Mesh(fqdn("fe2.contoso.test")),
         &NextHop::Flow(4),
-        &rr(),
+        &view(),
     );
-    assert_eq!(
-        record_routes(&m),
-        ["<sip:127.0.0.1:5061;transport=tls;lr;ob=4>", "<sip:198.18.0.1:5071;lr>"]
-    );
-    // Both ends here: both flows, the callee's on top; only addresses.
-    let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
-    record_route(&mut m, &FLOW, &NextHop::Flow(4), &rr());
     assert_eq!(
         record_routes(&m),
         [
-            "<sip:127.0.0.1:5061;transport=tls;lr;ob=4>",
-            "<sip:127.0.0.1:5061;transport=tls;lr;ob=9>"
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=t4>",
+            "<sip:198.18.0.1:5071;lr>"
+        ]
+    );
+    // Both ends here: both flows, the callee's on top; only addresses.
+    let mut m = req("INVITE", "sip:bob@contoso.test", &[]);
+    record_route(&mut m, &FLOW, &NextHop::Flow(4), &view());
+    assert_eq!(
+        record_routes(&m),
+        [
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=t4>",
+            "<sip:127.0.0.1:5061;transport=tls;lr;ob=t9>"
         ]
     );
     // Transit between nodes, in-dialog requests and MESSAGE: nothing.
@@ -413,14 +567,14 @@ fn dialog_creating_requests_are_record_routed_with_an_entry_per_side() {
         ),
         (req("MESSAGE", "sip:bob@contoso.test", &[]), FLOW),
     ] {
-        record_route(&mut m, &source, &to_bob, &rr());
+        record_route(&mut m, &source, &to_bob, &view());
         assert!(record_routes(&m).is_empty());
     }
     let text = "INVITE sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK-x\r\n\
                 From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>;tag=b\r\n\
                 Call-ID: d\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n";
     let mut reinvite = SipMessage::parse(Bytes::from(text)).unwrap();
-    record_route(&mut reinvite, &FLOW, &to_bob, &rr());
+    record_route(&mut reinvite, &FLOW, &to_bob, &view());
     assert!(record_routes(&reinvite).is_empty());
 }
 
@@ -435,7 +589,7 @@ fn double_record_route_sets_are_followed_across_the_mesh() {
     let mut msg = req(
         "BYE",
         "sip:alice@127.0.0.1:40000;transport=tls",
-        &["Route: <sip:198.18.0.1:5071;lr>, <sip:127.0.0.1:5061;transport=tls;lr;ob=33>"],
+        &["Route: <sip:198.18.0.1:5071;lr>, <sip:127.0.0.1:5061;transport=tls;lr;ob=t33>"],
     );
     let r = by_request(&mut msg, &peer, None, &view());
     assert_eq!(r, Ok(Routed::Next(NextHop::Flow(33))));
@@ -444,7 +598,7 @@ fn double_record_route_sets_are_followed_across_the_mesh() {
     let mut msg = req(
         "ACK",
         "sip:bob@127.0.0.1:40002;transport=tls",
-        &["Route: <sip:127.0.0.1:5061;transport=tls;lr;ob=33>, <sip:198.18.0.1:5071;lr>, <sip:198.18.0.2:5071;lr>, <sip:127.0.0.1:5062;transport=tls;lr;ob=4>"],
+        &["Route: <sip:127.0.0.1:5061;transport=tls;lr;ob=t33>, <sip:198.18.0.1:5071;lr>, <sip:198.18.0.2:5071;lr>, <sip:127.0.0.1:5062;transport=tls;lr;ob=t4>"],
     );
     let r = by_request(&mut msg, &Source::Flow(33), None, &view());
     assert_eq!(r, mesh("fe2.contoso.test", MeshRoute::Dialog));
