@@ -203,6 +203,7 @@ impl Proxy {
             "flows": self.flows.len(),
             "server_transactions": server,
             "client_transactions": client,
+            "transaction_budget": self.txns().budget.stats(),
             "requests": c.requests,
             "transactions": c.transactions,
         })
