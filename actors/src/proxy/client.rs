@@ -39,8 +39,9 @@ pub const INITIAL_CLIENT_BUFFER: usize = 8 * 1024;
 /// Free room made before each read: the buffer grows by what arrives, never
 /// by what a Content-Length announces.
 pub const READ_ROOM: usize = 8 * 1024;
-/// An empty read buffer larger than this is given back and replaced by an
-/// [`INITIAL_CLIENT_BUFFER`] one: buffers shrink after a large message.
+/// After a message larger than this, an empty read buffer is replaced by a
+/// fresh [`INITIAL_CLIENT_BUFFER`] one: what is left of a split buffer
+/// still pins the large allocation, so buffers would never shrink.
 pub const SHRINK_ABOVE: usize = 32 * 1024;
 
 /// The deadlines of one client connection.
@@ -131,13 +132,18 @@ async fn connection(
     let mut last_read = Instant::now();
     // When the first byte of the message now being received arrived.
     let mut message_since: Option<Instant> = None;
+    // Whether a message larger than SHRINK_ABOVE came out of `buf`.
+    let mut large = false;
     'conn: loop {
         while let Some(incoming) = decoder.decode(&mut buf) {
             match incoming {
                 Incoming::KeepAlive => {
                     let _ = flow.send(Bytes::from_static(b"\r\n"));
                 }
-                Incoming::Message(msg) => proxy.from_client(&flow, msg),
+                Incoming::Message(msg) => {
+                    large |= msg.body.len() > SHRINK_ABOVE;
+                    proxy.from_client(&flow, msg)
+                }
                 Incoming::Invalid { error, partial, resync } => {
                     tracing::debug!(remote = %remote, error = %error, resync, "malformed SIP from client");
                     proxy.malformed(&flow, &error, partial.as_ref());
@@ -155,12 +161,11 @@ async fn connection(
         } else if message_since.is_none() {
             message_since = Some(last_read);
         }
-        if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+        if buf.is_empty() && (large || buf.capacity() > SHRINK_ABOVE) {
             buf = BytesMut::with_capacity(INITIAL_CLIENT_BUFFER);
+            large = false;
         }
-        if buf.capacity() - buf.len() < READ_ROOM {
-            buf.reserve(READ_ROOM);
-        }
+        make_room(&mut buf);
         // Read the flow's identity without cloning it (this runs per read).
         authenticated = authenticated || flow.digest_identity.lock().is_ok_and(|id| id.is_some());
         let mut deadline = last_read + deadlines.idle;
@@ -199,6 +204,18 @@ async fn connection(
     // The writer drains what is queued (e.g. the answer to a malformed
     // message), then closes the TLS session.
     let _ = writer.await;
+}
+
+/// Make [`READ_ROOM`] free for the next read, growing by a quarter of what
+/// is buffered (not doubling): the capacity follows the bytes that arrived.
+/// A fresh buffer also lets go of one a split message still pins.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() >= READ_ROOM {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + buf.len() / 4 + READ_ROOM);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
