@@ -649,4 +649,39 @@ heartbeat_interval_ms = 200
             .to_string();
         assert!(err.contains("mesh"), "{err}");
     }
+
+    #[test]
+    fn fairness_and_budget_keys() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.mesh.max_connections_per_ip, DEFAULT_MESH_MAX_CONNECTIONS_PER_IP);
+        assert_eq!(c.mesh.member_reserved_connections, DEFAULT_MAX_MESH_CONNECTIONS / 4);
+        assert_eq!(
+            c.sip.max_client_connections_per_ip,
+            DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP
+        );
+        assert_eq!(c.sip.client_message_timeout, Duration::from_secs(10));
+        assert_eq!(c.sip.unauthenticated_lifetime, Duration::from_secs(30));
+        let text = GOOD.replace("[mesh]", "[mesh]\nmax_connections = 40\nmax_connections_per_ip = 3")
+            + "[sip]\nmax_transaction_bytes_per_user = 1000\nclient_message_timeout_ms = 1500\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.mesh.member_reserved_connections, 10, "a quarter of max_connections");
+        assert_eq!(c.mesh.max_connections_per_ip, 3);
+        assert_eq!(c.sip.max_transaction_bytes_per_user, 1000);
+        assert_eq!(c.sip.client_message_timeout, Duration::from_millis(1500));
+        assert_eq!(parse(&c.to_toml()).unwrap().to_toml(), c.to_toml());
+        let err = parse(&GOOD.replace("[mesh]", "[mesh]\nmax_connections = 4\nmember_reserved_connections = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("mesh.member_reserved_connections: 5 is larger than max_connections (4)"),
+            "{err}"
+        );
+        let err = parse(&(GOOD.to_owned() + "[sip]\nmax_client_connections_per_ip = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("sip.max_client_connections_per_ip: must be greater than 0"),
+            "{err}"
+        );
+    }
 }
