@@ -25,6 +25,8 @@ fn timing(heartbeat_ms: u64, backoff_cap_ms: u64) -> MeshTiming {
         backoff_cap: Duration::from_millis(backoff_cap_ms),
         handshake_timeout: Duration::from_secs(5),
         max_connections: 64,
+        member_reserved_connections: 16,
+        ..MeshTiming::default()
     }
 }
 

@@ -432,9 +432,11 @@ async fn plaintext_is_a_handshake_failure() {
     assert_eq!(newest["direction"], "inbound", "{newest}");
 }
 
-/// With max_connections = 2, two silent connections use up the bound: a third
-/// is refused at once (`connection-limit`); the silent ones are dropped at the
-/// handshake deadline (`handshake`), after which connections are accepted again.
+/// With max_connections = 2, two connections that start a TLS handshake (a
+/// record header) and stall use up the bound: a third is refused at once
+/// (`connection-limit`); the stalled ones are dropped at the handshake
+/// deadline (`handshake`), after which connections are accepted again. A
+/// connection that sends nothing never takes a permit (see tests/hostile.rs).
 #[tokio::test]
 async fn connection_limit_and_handshake_timeout() {
     const HANDSHAKE_MS: u64 = 800;
@@ -443,11 +445,18 @@ async fn connection_limit_and_handshake_timeout() {
     let node = b.member("fe0.contoso.test").member("fe2.contoso.test").start();
     let config = client_config(&node.pki.ca_pem, Some(&cert));
 
-    let mut idle1 = tokio::net::TcpStream::connect(node.mesh_addr).await.expect("connect 1");
-    let mut idle2 = tokio::net::TcpStream::connect(node.mesh_addr).await.expect("connect 2");
+    // A TLS handshake record header, then nothing.
+    const RECORD_HEADER: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00];
+    let stalled = || async {
+        let mut s = tokio::net::TcpStream::connect(node.mesh_addr).await.expect("connect");
+        send(&mut s, RECORD_HEADER).await.expect("record header");
+        s
+    };
+    let mut idle1 = stalled().await;
+    let mut idle2 = stalled().await;
     let opened = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(100)).await; // let the node accept both
-    let mut third = tokio::net::TcpStream::connect(node.mesh_addr).await.expect("connect 3");
+    let mut third = stalled().await;
     let end = read_end(&mut third, Duration::from_millis(500)).await;
     assert!(
         matches!(end, ReadEnd::Eof | ReadEnd::Error(_)),

@@ -19,6 +19,12 @@ pub const DEFAULT_BACKOFF_CAP_MS: u64 = 10_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 /// Default bound on simultaneous mesh connections (handshaking or up).
 pub const DEFAULT_MAX_MESH_CONNECTIONS: usize = 1_024;
+/// Default bound on simultaneous mesh connections from one non-member IP: a
+/// stranger has no business with more than a few (members are exempt).
+pub const DEFAULT_MESH_MAX_CONNECTIONS_PER_IP: usize = 8;
+/// Default share of `max_connections` kept for members (1/N): strangers
+/// cannot take the last quarter, so a member's link can always come back.
+pub const DEFAULT_MEMBER_RESERVED_SHARE: usize = 4;
 
 /// A node's whole configuration, paths already resolved.
 #[derive(Clone, Debug)]
@@ -68,6 +74,21 @@ pub const DEFAULT_LOCKOUT_CAP_MS: u64 = 900_000;
 pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 10_000;
 /// Default idle timeout of a client connection (RFC 5626 keep-alives reset it).
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Default bound on client connections from one IP (one host must not fill
+/// the port; raise it for large NATs in front of the node).
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP: usize = 100;
+/// Default deadline for one whole client message, first byte to end of body
+/// (a slow sender cannot hold a buffer by trickling bytes).
+pub const DEFAULT_CLIENT_MESSAGE_TIMEOUT_MS: u64 = 10_000;
+/// Default lifetime of a client connection that has not authenticated (CRLF
+/// keep-alives do not extend it).
+pub const DEFAULT_UNAUTHENTICATED_LIFETIME_MS: u64 = 30_000;
+/// Default bound on the request bytes held by live server transactions, all
+/// users together (memory bound; 503 beyond).
+pub const DEFAULT_MAX_TRANSACTION_BYTES: usize = 256 * 1024 * 1024;
+/// Default bound on the request bytes held by the live server transactions
+/// of one user (or one unauthenticated flow): one user cannot take the rest.
+pub const DEFAULT_MAX_TRANSACTION_BYTES_PER_USER: usize = 8 * 1024 * 1024;
 
 /// Default of `sip.assert_identity_to_clients`: clients are not trusted with assertions.
 pub const DEFAULT_ASSERT_IDENTITY_TO_CLIENTS: bool = false;
@@ -95,6 +116,16 @@ pub struct SipConfig {
     pub max_client_connections: usize,
     /// Idle timeout of a client connection.
     pub client_idle_timeout: Duration,
+    /// Bound on client connections from one IP.
+    pub max_client_connections_per_ip: usize,
+    /// Deadline for one whole message (first byte to end of body).
+    pub client_message_timeout: Duration,
+    /// Lifetime of a connection that has not authenticated.
+    pub unauthenticated_lifetime: Duration,
+    /// Bound on request bytes held by live server transactions, in total.
+    pub max_transaction_bytes: usize,
+    /// Bound on request bytes held by live server transactions per user (or flow).
+    pub max_transaction_bytes_per_user: usize,
     /// Extra (certificate, key) pairs the client port serves by SNI, e.g. a
     /// pool FQDN's certificate; the node certificate is the default.
     pub certs: Vec<(PathBuf, PathBuf)>,
@@ -129,6 +160,11 @@ impl Default for SipConfig {
             },
             max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
             client_idle_timeout: Duration::from_millis(DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+            max_client_connections_per_ip: DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP,
+            client_message_timeout: Duration::from_millis(DEFAULT_CLIENT_MESSAGE_TIMEOUT_MS),
+            unauthenticated_lifetime: Duration::from_millis(DEFAULT_UNAUTHENTICATED_LIFETIME_MS),
+            max_transaction_bytes: DEFAULT_MAX_TRANSACTION_BYTES,
+            max_transaction_bytes_per_user: DEFAULT_MAX_TRANSACTION_BYTES_PER_USER,
             certs: Vec::new(),
             // MD5 first: many deployed clients (sipsak, baresip 1.0, older
             // phones) answer only the first challenge and know only MD5;
@@ -166,6 +202,10 @@ pub struct MeshTiming {
     pub handshake_timeout: Duration,
     /// Bound on simultaneous mesh connections.
     pub max_connections: usize,
+    /// Bound on simultaneous mesh connections from one non-member IP.
+    pub max_connections_per_ip: usize,
+    /// Of `max_connections`, how many only members' IPs may use.
+    pub member_reserved_connections: usize,
 }
 
 impl Default for MeshTiming {
@@ -176,6 +216,8 @@ impl Default for MeshTiming {
             backoff_cap: Duration::from_millis(DEFAULT_BACKOFF_CAP_MS),
             handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_MESH_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MESH_MAX_CONNECTIONS_PER_IP,
+            member_reserved_connections: DEFAULT_MAX_MESH_CONNECTIONS / DEFAULT_MEMBER_RESERVED_SHARE,
         }
     }
 }
@@ -243,6 +285,11 @@ struct RawSip {
     lockout_cap_ms: Option<u64>,
     max_client_connections: Option<usize>,
     client_idle_timeout_ms: Option<u64>,
+    max_client_connections_per_ip: Option<usize>,
+    client_message_timeout_ms: Option<u64>,
+    unauthenticated_lifetime_ms: Option<u64>,
+    max_transaction_bytes: Option<usize>,
+    max_transaction_bytes_per_user: Option<usize>,
     #[serde(default)]
     certs: Vec<RawCert>,
     digest_algorithms: Option<Vec<String>>,
@@ -282,6 +329,8 @@ struct RawMesh {
     backoff_cap_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    member_reserved_connections: Option<usize>,
 }
 
 impl NodeConfig {
@@ -339,10 +388,26 @@ impl NodeConfig {
             d.handshake_timeout,
             "mesh.handshake_timeout_ms",
         )?;
-        let max_connections = match raw.mesh.max_connections {
-            Some(0) => return Err(invalid("mesh.max_connections", "must be greater than 0".into())),
+        let positive = |v: Option<usize>, default: usize, key: &'static str| match v {
+            Some(0) => Err(invalid(key, "must be greater than 0".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let max_connections = positive(raw.mesh.max_connections, d.max_connections, "mesh.max_connections")?;
+        let max_connections_per_ip = positive(
+            raw.mesh.max_connections_per_ip,
+            d.max_connections_per_ip,
+            "mesh.max_connections_per_ip",
+        )?;
+        let member_reserved_connections = match raw.mesh.member_reserved_connections {
+            Some(n) if n > max_connections => {
+                return Err(invalid(
+                    "mesh.member_reserved_connections",
+                    format!("{n} is larger than max_connections ({max_connections})"),
+                ))
+            }
             Some(n) => n,
-            None => d.max_connections,
+            None => max_connections / DEFAULT_MEMBER_RESERVED_SHARE,
         };
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let sd = SipConfig::default();
@@ -366,15 +431,40 @@ impl NodeConfig {
                 base: ms(rs.lockout_base_ms, sd.lockout.base, "sip.lockout_base_ms")?,
                 cap: ms(rs.lockout_cap_ms, sd.lockout.cap, "sip.lockout_cap_ms")?,
             },
-            max_client_connections: match rs.max_client_connections {
-                Some(0) => return Err(invalid("sip.max_client_connections", "must be greater than 0".into())),
-                Some(n) => n,
-                None => sd.max_client_connections,
-            },
+            max_client_connections: positive(
+                rs.max_client_connections,
+                sd.max_client_connections,
+                "sip.max_client_connections",
+            )?,
             client_idle_timeout: ms(
                 rs.client_idle_timeout_ms,
                 sd.client_idle_timeout,
                 "sip.client_idle_timeout_ms",
+            )?,
+            max_client_connections_per_ip: positive(
+                rs.max_client_connections_per_ip,
+                sd.max_client_connections_per_ip,
+                "sip.max_client_connections_per_ip",
+            )?,
+            client_message_timeout: ms(
+                rs.client_message_timeout_ms,
+                sd.client_message_timeout,
+                "sip.client_message_timeout_ms",
+            )?,
+            unauthenticated_lifetime: ms(
+                rs.unauthenticated_lifetime_ms,
+                sd.unauthenticated_lifetime,
+                "sip.unauthenticated_lifetime_ms",
+            )?,
+            max_transaction_bytes: positive(
+                rs.max_transaction_bytes,
+                sd.max_transaction_bytes,
+                "sip.max_transaction_bytes",
+            )?,
+            max_transaction_bytes_per_user: positive(
+                rs.max_transaction_bytes_per_user,
+                sd.max_transaction_bytes_per_user,
+                "sip.max_transaction_bytes_per_user",
             )?,
             certs: rs.certs.into_iter().map(|c| (abs(c.cert), abs(c.key))).collect(),
             digest_algorithms: match rs.digest_algorithms {
@@ -439,6 +529,8 @@ impl NodeConfig {
                 backoff_cap,
                 handshake_timeout,
                 max_connections,
+                max_connections_per_ip,
+                member_reserved_connections,
             },
             sip,
         })
@@ -476,12 +568,14 @@ impl NodeConfig {
         let m = &self.mesh;
         s += "\n[mesh]\n";
         s += &format!(
-            "heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_cap_ms = {}\nhandshake_timeout_ms = {}\nmax_connections = {}\n",
+            "heartbeat_interval_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_cap_ms = {}\nhandshake_timeout_ms = {}\nmax_connections = {}\nmax_connections_per_ip = {}\nmember_reserved_connections = {}\n",
             m.heartbeat_interval.as_millis(),
             m.heartbeat_timeout.as_millis(),
             m.backoff_cap.as_millis(),
             m.handshake_timeout.as_millis(),
-            m.max_connections
+            m.max_connections,
+            m.max_connections_per_ip,
+            m.member_reserved_connections
         );
         let p = &self.sip;
         s += "\n[sip]\n";
@@ -492,14 +586,21 @@ impl NodeConfig {
             s += &format!("users = {}\n", q(u));
         }
         s += &format!(
-            "t1_ms = {}\ninvite_timeout_ms = {}\nmin_expires = {}\nmax_expires = {}\nauth_retry_limit = {}\nmax_client_connections = {}\nclient_idle_timeout_ms = {}\n",
+            "t1_ms = {}\ninvite_timeout_ms = {}\nmin_expires = {}\nmax_expires = {}\nauth_retry_limit = {}\nmax_client_connections = {}\nclient_idle_timeout_ms = {}\n\
+             max_client_connections_per_ip = {}\nclient_message_timeout_ms = {}\nunauthenticated_lifetime_ms = {}\n\
+             max_transaction_bytes = {}\nmax_transaction_bytes_per_user = {}\n",
             p.t1.as_millis(),
             p.invite_timeout.as_millis(),
             p.min_expires,
             p.max_expires,
             p.auth_retry_limit,
             p.max_client_connections,
-            p.client_idle_timeout.as_millis()
+            p.client_idle_timeout.as_millis(),
+            p.max_client_connections_per_ip,
+            p.client_message_timeout.as_millis(),
+            p.unauthenticated_lifetime.as_millis(),
+            p.max_transaction_bytes,
+            p.max_transaction_bytes_per_user
         );
         s += &format!(
             "lockout_base_ms = {}\nlockout_cap_ms = {}\n",
@@ -656,5 +757,40 @@ heartbeat_interval_ms = 200
             .unwrap_err()
             .to_string();
         assert!(err.contains("mesh"), "{err}");
+    }
+
+    #[test]
+    fn fairness_and_budget_keys() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.mesh.max_connections_per_ip, DEFAULT_MESH_MAX_CONNECTIONS_PER_IP);
+        assert_eq!(c.mesh.member_reserved_connections, DEFAULT_MAX_MESH_CONNECTIONS / 4);
+        assert_eq!(
+            c.sip.max_client_connections_per_ip,
+            DEFAULT_MAX_CLIENT_CONNECTIONS_PER_IP
+        );
+        assert_eq!(c.sip.client_message_timeout, Duration::from_secs(10));
+        assert_eq!(c.sip.unauthenticated_lifetime, Duration::from_secs(30));
+        let text = GOOD.replace("[mesh]", "[mesh]\nmax_connections = 40\nmax_connections_per_ip = 3")
+            + "[sip]\nmax_transaction_bytes_per_user = 1000\nclient_message_timeout_ms = 1500\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.mesh.member_reserved_connections, 10, "a quarter of max_connections");
+        assert_eq!(c.mesh.max_connections_per_ip, 3);
+        assert_eq!(c.sip.max_transaction_bytes_per_user, 1000);
+        assert_eq!(c.sip.client_message_timeout, Duration::from_millis(1500));
+        assert_eq!(parse(&c.to_toml()).unwrap().to_toml(), c.to_toml());
+        let err = parse(&GOOD.replace("[mesh]", "[mesh]\nmax_connections = 4\nmember_reserved_connections = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("mesh.member_reserved_connections: 5 is larger than max_connections (4)"),
+            "{err}"
+        );
+        let err = parse(&(GOOD.to_owned() + "[sip]\nmax_client_connections_per_ip = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("sip.max_client_connections_per_ip: must be greater than 0"),
+            "{err}"
+        );
     }
 }

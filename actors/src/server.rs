@@ -125,6 +125,8 @@ pub async fn run(
         topology_refusals: Default::default(),
         tls_paths: config.tls.clone(),
         sni_paths: config.sip.certs.clone(),
+        mesh_accept: Default::default(),
+        client_accept: Default::default(),
     });
     let proxy =
         Arc::new(Proxy::new(shared.clone(), config.sip.clone(), store.clone(), client_addr).map_err(NodeError::Sip)?);

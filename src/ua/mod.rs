@@ -189,9 +189,34 @@ pub async fn connect(
     server_name: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<ClientStream, UaError> {
+    connect_from(None, addr, server_name, config).await
+}
+
+/// [`connect`] from the local address `from` (e.g. another loopback
+/// address, to be a second source IP), or any when `None`.
+pub async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<ClientStream, UaError> {
     let name = ServerName::try_from(server_name.to_owned()).map_err(|_| UaError::ServerName(server_name.into()))?;
     let timed_out = |step: &str| io::Error::new(io::ErrorKind::TimedOut, format!("{step} timed out"));
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let dial = async {
+        match from {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dial)
         .await
         .map_err(|_| timed_out("tcp connect"))
         .and_then(|r| r)
@@ -228,7 +253,17 @@ impl Connection {
         server_name: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<Connection, UaError> {
-        let stream = connect(addr, server_name, config).await?;
+        Connection::open_from(None, addr, server_name, config).await
+    }
+
+    /// [`connect_from`], then split.
+    pub async fn open_from(
+        from: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Connection, UaError> {
+        let stream = connect_from(from, addr, server_name, config).await?;
         let local = stream.get_ref().0.local_addr()?;
         let (rd, writer) = tokio::io::split(stream);
         Ok(Connection {

@@ -136,6 +136,9 @@ impl SingleNodeBuilder {
                 backoff_cap: Duration::from_millis(self.backoff_ms),
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
                 max_connections: self.max_connections,
+                member_reserved_connections: self.max_connections
+                    / sipmesh_actors::config::DEFAULT_MEMBER_RESERVED_SHARE,
+                ..MeshTiming::default()
             },
             sip: Default::default(),
         };

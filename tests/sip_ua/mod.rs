@@ -211,11 +211,27 @@ impl Ua {
         Ua::open(addr, ca, user, "", Some(identity)).await
     }
 
+    /// Like [`Ua::connect`], from the local address `from` (another source IP).
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr, ca: &Path, user: &str, password: &str) -> Ua {
+        Ua::open_from(Some(from), addr, ca, user, password, None).await
+    }
+
     async fn open(addr: SocketAddr, ca: &Path, user: &str, password: &str, identity: Option<&Issued>) -> Ua {
+        Ua::open_from(None, addr, ca, user, password, identity).await
+    }
+
+    async fn open_from(
+        from: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        ca: &Path,
+        user: &str,
+        password: &str,
+        identity: Option<&Issued>,
+    ) -> Ua {
         let config = ua::client_config(ca, identity).unwrap_or_else(|e| panic!("{user}: {}", chain(e)));
         // The node certificates carry SAN DNS feN.contoso.test and IP 127.0.0.1:
         // verify by IP, which is what a client dialling the address knows.
-        let conn = Connection::open(addr, &addr.ip().to_string(), config)
+        let conn = Connection::open_from(from, addr, &addr.ip().to_string(), config)
             .await
             .unwrap_or_else(|e| panic!("{user}: TLS to {addr}: {}", chain(e)));
         Ua {

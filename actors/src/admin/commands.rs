@@ -145,6 +145,10 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
                 "mesh_addr": shared.mesh_addr.to_string(),
                 "client_addr": node.proxy.client_addr().to_string(),
                 "rejections": shared.rejections.totals(),
+                "accept": {
+                    "mesh": shared.mesh_accept.to_json(),
+                    "client": shared.client_accept.to_json(),
+                },
                 "sip": node.proxy.stats(),
             }))
         }

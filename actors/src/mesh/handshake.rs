@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -84,7 +83,7 @@ pub struct Established {
     /// Remote socket address.
     pub remote: SocketAddr,
     /// Connection-limit permit, held as long as the session lives.
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<crate::net::accept::ConnPermit>,
 }
 
 impl Established {

@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use sipmesh_state::{Fqdn, TrustedServer};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 // tokio's clock (std's in production) so link timers run on a paused clock in tests.
 use tokio::time::Instant;
 use tokio_rustls::TlsStream;
@@ -114,7 +114,7 @@ struct Session {
     up_at: Instant,
     ping: Option<(u64, Instant)>,
     nonce: u64,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<crate::net::accept::ConnPermit>,
 }
 
 /// The actor owning one peer's link.

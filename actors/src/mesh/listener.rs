@@ -1,16 +1,16 @@
-//! The mesh accept loop: bound connection count, TLS with a required client
+//! The mesh accept loop: bounded connections (per source IP, capacity
+//! reserved for members, no permit before a ClientHello), TLS with a required client
 //! certificate, the hello, identity checks, then hand-off to the peer's link.
 //!
 //! Every refusal is recorded with its reason; a bad connection only ever
 //! affects itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use futures_util::SinkExt;
 use sipmesh_state::Fqdn;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsStream;
 use tokio_util::codec::Framed;
 
@@ -19,23 +19,69 @@ use super::link::{Directory, Inbound};
 use super::status::Shared;
 use super::wire::Frame;
 use crate::config::MeshTiming;
-use crate::net::accept::{accept_loop, AcceptStats};
+use crate::net::accept::{accept_loop, ConnPermit, Door, Limits, Refusal, CLIENT_HELLO_TIMEOUT};
 use crate::trust::{peer_chain, rejection_of, CertInfo, Direction, RejectReason, Rejection};
 
 /// Accept mesh connections until the task is dropped.
+///
+/// The door's rules are [`accept_loop`]'s: sources that are the IP of a
+/// member in the live topology are trusted (reserved permits, no per-IP
+/// limit), and no permit is taken before a ClientHello arrives (within
+/// [`CLIENT_HELLO_TIMEOUT`], or the handshake deadline when shorter).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, directory: Arc<Directory>, timing: MeshTiming) {
-    let stats = Arc::new(AcceptStats::default());
     let refusing = shared.clone();
-    let refused = move |remote| {
+    let hello_wait = CLIENT_HELLO_TIMEOUT.min(timing.handshake_timeout);
+    let refused = move |remote, why: Refusal| {
+        let (reason, detail) = match why {
+            Refusal::NoClientHello => (
+                RejectReason::Handshake,
+                format!("no TLS ClientHello within {} ms", hello_wait.as_millis()),
+            ),
+            Refusal::SourceLimit => (
+                RejectReason::ConnectionLimit,
+                format!(
+                    "{} connections from this non-member IP already open",
+                    timing.max_connections_per_ip
+                ),
+            ),
+            Refusal::PendingLimit => (
+                RejectReason::ConnectionLimit,
+                format!(
+                    "{} non-member connections already waiting for their ClientHello",
+                    timing.max_connections
+                ),
+            ),
+            _ => (
+                RejectReason::ConnectionLimit,
+                format!(
+                    "{} mesh connections already open ({} reserved for members)",
+                    timing.max_connections, timing.member_reserved_connections
+                ),
+            ),
+        };
         refusing.rejections.record(
             remote,
             Direction::Inbound,
             &Rejection {
-                reason: RejectReason::ConnectionLimit,
+                reason,
                 presented_name: None,
-                detail: format!("{} mesh connections already open", timing.max_connections),
+                detail,
             },
         )
+    };
+    let members = shared.clone();
+    let trusted = move |ip: IpAddr| members.topology.load().members.iter().any(|m| m.mesh_addr.ip() == ip);
+    let door = Door {
+        name: "mesh",
+        limits: Limits {
+            total: timing.max_connections,
+            reserved: timing.member_reserved_connections,
+            per_ip: timing.max_connections_per_ip,
+            hello_wait,
+        },
+        stats: shared.mesh_accept.clone(),
+        trusted,
+        refused,
     };
     let handle = move |tcp, remote, permit| {
         let (shared, directory) = (shared.clone(), directory.clone());
@@ -58,7 +104,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, directory: Arc<Di
             }
         }
     };
-    accept_loop(listener, "mesh", timing.max_connections, stats, refused, handle).await
+    accept_loop(listener, door, handle).await
 }
 
 async fn deliver(est: Established, shared: &Shared, directory: &Directory) {
@@ -89,7 +135,7 @@ async fn authenticate(
     tcp: TcpStream,
     remote: SocketAddr,
     shared: &Shared,
-    permit: OwnedSemaphorePermit,
+    permit: ConnPermit,
 ) -> Result<Established, Rejection> {
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();

@@ -18,6 +18,7 @@ use sipmesh_state::{Fqdn, Role, Topology};
 use time::OffsetDateTime;
 
 use super::wire::Frame;
+use crate::net::accept::AcceptStats;
 use crate::trust::{RejectionLog, TlsConfigs};
 
 /// Lifecycle state of one link; the text form is an interface.
@@ -281,6 +282,10 @@ pub struct Shared {
     pub tls_paths: crate::config::TlsPaths,
     /// Extra client-port certificates chosen by SNI (for reloads).
     pub sni_paths: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Counters of the mesh port's accept loop.
+    pub mesh_accept: Arc<AcceptStats>,
+    /// Counters of the client port's accept loop and connection deadlines.
+    pub client_accept: Arc<AcceptStats>,
 }
 
 impl Shared {

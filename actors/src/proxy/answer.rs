@@ -82,6 +82,13 @@ pub enum SipReject {
     /// tokens none of which names its own connection (RFC 5626 §5.3: 403).
     #[error("invalid flow token")]
     BadFlowToken,
+    /// Accepting the request would pass the bound on the request bytes held
+    /// by live transactions: of its user (or flow), or of the whole node.
+    #[error("transaction memory budget spent ({})", if *per_user { "this user" } else { "all users" })]
+    TransactionBudget {
+        /// The user's (flow's) own budget, not the node's total.
+        per_user: bool,
+    },
 }
 
 impl SipReject {
@@ -94,6 +101,12 @@ impl SipReject {
             SipReject::TooManyHops => (483, "Too Many Hops".into()),
             SipReject::Loop => (482, "Loop Detected".into()),
             SipReject::PathDown(_) | SipReject::Busy => (503, "Service Unavailable".into()),
+            SipReject::TransactionBudget { per_user: true } => {
+                (503, "Service Unavailable (too many pending bytes for this user)".into())
+            }
+            SipReject::TransactionBudget { per_user: false } => {
+                (503, "Service Unavailable (too many pending bytes)".into())
+            }
             SipReject::Forbidden(why) => (403, format!("Forbidden ({why})")),
             SipReject::DomainNotAllowed(_) => (403, "Domain Not Allowed".into()),
             SipReject::BadRequest(why) => (400, why.clone()),
@@ -117,7 +130,7 @@ impl SipReject {
     /// Headers the answer must carry.
     pub fn headers(&self) -> Vec<Header> {
         match self {
-            SipReject::PathDown(_) | SipReject::Busy => {
+            SipReject::PathDown(_) | SipReject::Busy | SipReject::TransactionBudget { .. } => {
                 vec![Header::new(HeaderName::RetryAfter, &RETRY_AFTER_S.to_string())]
             }
             SipReject::LockedOut { retry_after } => {
@@ -158,6 +171,17 @@ mod tests {
             (403, "Forbidden (invalid flow token)".into())
         );
         assert!(SipReject::BadFlowToken.headers().is_empty());
+        for per_user in [true, false] {
+            let why = SipReject::TransactionBudget { per_user };
+            assert_eq!(why.status().0, 503);
+            let h = why.headers();
+            assert_eq!(h.len(), 1);
+            assert_eq!((h[0].name, h[0].value_str()), (HeaderName::RetryAfter, "5"));
+        }
+        assert_eq!(
+            SipReject::TransactionBudget { per_user: true }.status().1,
+            "Service Unavailable (too many pending bytes for this user)"
+        );
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! certificate is optional and, when presented, must verify and names the
 //! AOR in a `sip:` URI SAN).
 //!
-//! Bounded by a connection semaphore, a handshake timeout and an idle timeout
-//! (RFC 5626 CRLF keep-alives count as traffic and are answered).
+//! Bounded by the door's rules (per-IP and total connection bounds, no
+//! permit before the ClientHello: [`accept_loop`]), a handshake timeout, an
+//! idle timeout (RFC 5626 CRLF keep-alives count as traffic and are
+//! answered), a whole-message deadline (first byte to end of body; not reset
+//! by each byte) and a lifetime for connections that never authenticated
+//! (keep-alives do not extend it). The read buffer grows only by the bytes
+//! that arrived and shrinks back after a large message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +17,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::flows::FLOW_QUEUE;
 use super::Proxy;
 use crate::config::SipConfig;
 use crate::mesh::status::Shared;
-use crate::net::accept::{accept_loop, AcceptStats};
+use crate::net::accept::{accept_loop, ConnPermit, Door, Limits, Refusal, CLIENT_HELLO_TIMEOUT};
 use crate::sip::{Incoming, SipDecoder, SipUri, MAX_BODY, MAX_HEADER_BLOCK};
 
 /// Deadline for a client's TLS handshake.
@@ -28,22 +34,50 @@ pub const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CLIENT_BUFFER: usize = MAX_HEADER_BLOCK + MAX_BODY + 16 * 1024;
 /// Bytes written per batch before a flush.
 pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Read buffer of a fresh connection (most messages fit).
+pub const INITIAL_CLIENT_BUFFER: usize = 8 * 1024;
+/// Free room made before each read: the buffer grows by what arrives, never
+/// by what a Content-Length announces.
+pub const READ_ROOM: usize = 8 * 1024;
+/// After a message larger than this, an empty read buffer is replaced by a
+/// fresh [`INITIAL_CLIENT_BUFFER`] one: what is left of a split buffer
+/// still pins the large allocation, so buffers would never shrink.
+pub const SHRINK_ABOVE: usize = 32 * 1024;
 
-/// Accept client connections until the task is dropped.
+/// The deadlines of one client connection.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    /// No bytes at all for this long: closed.
+    idle: Duration,
+    /// First byte to end of body of one message.
+    message: Duration,
+    /// From accept, for a connection that has not authenticated.
+    unauthenticated: Duration,
+}
+
+/// Accept client connections until the task is dropped (the door's rules
+/// are [`accept_loop`]'s: per-IP and total bounds, no permit before the
+/// ClientHello; refusals counted in `Shared::client_accept`).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Shared>, config: SipConfig) {
-    let limit = config.max_client_connections;
-    let refused = move |remote| tracing::warn!(remote = %remote, limit, "client connection limit reached");
-    let idle = config.client_idle_timeout;
-    let handle = move |tcp, remote, permit| connection(tcp, remote, proxy.clone(), shared.clone(), idle, permit);
-    accept_loop(
-        listener,
-        "sip clients",
-        limit,
-        Arc::new(AcceptStats::default()),
-        refused,
-        handle,
-    )
-    .await
+    let door = Door {
+        name: "sip clients",
+        limits: Limits {
+            total: config.max_client_connections,
+            reserved: 0,
+            per_ip: config.max_client_connections_per_ip,
+            hello_wait: CLIENT_HELLO_TIMEOUT.min(CLIENT_HANDSHAKE_TIMEOUT),
+        },
+        stats: shared.client_accept.clone(),
+        trusted: |_| false,
+        refused: |_, _| {},
+    };
+    let deadlines = Deadlines {
+        idle: config.client_idle_timeout,
+        message: config.client_message_timeout,
+        unauthenticated: config.unauthenticated_lifetime,
+    };
+    let handle = move |tcp, remote, permit| connection(tcp, remote, proxy.clone(), shared.clone(), deadlines, permit);
+    accept_loop(listener, door, handle).await
 }
 
 /// The AOR named by a client certificate's `sip:` URI SAN.
@@ -63,19 +97,20 @@ async fn connection(
     remote: SocketAddr,
     proxy: Arc<Proxy>,
     shared: Arc<Shared>,
-    idle: Duration,
-    _permit: OwnedSemaphorePermit,
+    deadlines: Deadlines,
+    _permit: ConnPermit,
 ) {
+    let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load().client_port.clone());
     let tls = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::info!(remote = %remote, error = %e, "client TLS handshake failed");
+            tracing::debug!(remote = %remote, error = %e, "client TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::info!(remote = %remote, "client TLS handshake timed out");
+            tracing::debug!(remote = %remote, "client TLS handshake timed out");
             return;
         }
     };
@@ -90,17 +125,27 @@ async fn connection(
     let flow = proxy.flows.open(tx, remote, cert_identity.clone());
     tracing::debug!(remote = %remote, flow = flow.id, identity = ?cert_identity, "client connected");
     let writer = actix_rt::spawn(write_loop(wr, rx));
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::with_capacity(INITIAL_CLIENT_BUFFER);
     let mut decoder = SipDecoder::new();
+    let unauthenticated_until = accepted + deadlines.unauthenticated;
+    let mut authenticated = cert_identity.is_some();
+    let mut last_read = Instant::now();
+    // When the first byte of the message now being received arrived.
+    let mut message_since: Option<Instant> = None;
+    // Whether a message larger than SHRINK_ABOVE came out of `buf`.
+    let mut large = false;
     'conn: loop {
         while let Some(incoming) = decoder.decode(&mut buf) {
             match incoming {
                 Incoming::KeepAlive => {
                     let _ = flow.send(Bytes::from_static(b"\r\n"));
                 }
-                Incoming::Message(msg) => proxy.from_client(&flow, msg),
+                Incoming::Message(msg) => {
+                    large |= msg.body.len() > SHRINK_ABOVE;
+                    proxy.from_client(&flow, msg)
+                }
                 Incoming::Invalid { error, partial, resync } => {
-                    tracing::info!(remote = %remote, error = %error, resync, "malformed SIP from client");
+                    tracing::debug!(remote = %remote, error = %error, resync, "malformed SIP from client");
                     proxy.malformed(&flow, &error, partial.as_ref());
                     if !resync {
                         break 'conn;
@@ -111,15 +156,45 @@ async fn connection(
         if buf.len() >= MAX_CLIENT_BUFFER {
             break;
         }
-        match tokio::time::timeout(idle, rd.read_buf(&mut buf)).await {
+        if decoder.is_idle(&buf) {
+            message_since = None;
+        } else if message_since.is_none() {
+            message_since = Some(last_read);
+        }
+        if buf.is_empty() && (large || buf.capacity() > SHRINK_ABOVE) {
+            buf = BytesMut::with_capacity(INITIAL_CLIENT_BUFFER);
+            large = false;
+        }
+        make_room(&mut buf);
+        // Read the flow's identity without cloning it (this runs per read).
+        authenticated = authenticated || flow.digest_identity.lock().is_ok_and(|id| id.is_some());
+        let mut deadline = last_read + deadlines.idle;
+        if let Some(since) = message_since {
+            deadline = deadline.min(since + deadlines.message);
+        }
+        if !authenticated {
+            deadline = deadline.min(unauthenticated_until);
+        }
+        match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
             Ok(Ok(0)) => break,
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => last_read = Instant::now(),
             Ok(Err(e)) => {
                 tracing::debug!(remote = %remote, error = %e, "client read failed");
                 break;
             }
             Err(_) => {
-                tracing::info!(remote = %remote, idle_s = idle.as_secs(), "client idle; closing");
+                let now = Instant::now();
+                if message_since.is_some_and(|since| now >= since + deadlines.message) {
+                    shared
+                        .client_accept
+                        .refuse("sip clients", remote, Refusal::MessageDeadline);
+                } else if !authenticated && now >= unauthenticated_until {
+                    shared
+                        .client_accept
+                        .refuse("sip clients", remote, Refusal::UnauthenticatedLifetime);
+                } else {
+                    tracing::debug!(remote = %remote, idle_s = deadlines.idle.as_secs(), "client idle; closing");
+                }
                 break;
             }
         }
@@ -129,6 +204,18 @@ async fn connection(
     // The writer drains what is queued (e.g. the answer to a malformed
     // message), then closes the TLS session.
     let _ = writer.await;
+}
+
+/// Make [`READ_ROOM`] free for the next read, growing by a quarter of what
+/// is buffered (not doubling): the capacity follows the bytes that arrived.
+/// A fresh buffer also lets go of one a split message still pins.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() >= READ_ROOM {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + buf.len() / 4 + READ_ROOM);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {

@@ -25,6 +25,7 @@
 
 pub mod answer;
 mod authn;
+mod budget;
 pub mod client;
 pub mod flows;
 mod fork;
@@ -260,6 +261,7 @@ impl Proxy {
             "flows": self.flows.len(),
             "server_transactions": server,
             "client_transactions": client,
+            "transaction_budget": self.txns().budget.stats(),
             "requests": c.requests,
             "transactions": c.transactions,
             "auth": self.auth_stats(),

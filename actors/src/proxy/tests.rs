@@ -90,6 +90,8 @@ fn node(config: SipConfig) -> Node {
         topology_refusals: Default::default(),
         tls_paths: paths,
         sni_paths: vec![],
+        mesh_accept: Default::default(),
+        client_accept: Default::default(),
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
     let proxy = Arc::new(Proxy::new(shared, config, store, client_addr).unwrap());

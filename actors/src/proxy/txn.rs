@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::answer::SipReject;
+use super::budget::{held_bytes, Budget, Charge};
 use super::fork::After;
 use super::route::{self, NextHop, Routed, Target};
 use super::{branch, server_key, to_tag, Origin, Proxy, Source, DEFAULT_MAX_FORWARDS};
@@ -43,12 +44,13 @@ pub const MAX_TRANSACTIONS: usize = 100_000;
 /// Most branches one request forks to (DoS bound; a registrar keeps at most
 /// `registrar::MAX_BINDINGS_PER_AOR` contacts per AOR anyway).
 pub const MAX_BRANCHES: usize = 16;
-
 pub(super) struct ServerTxn {
     pub(super) source: Source,
     pub(super) request: SipMessage,
     pub(super) final_status: Option<u16>,
     pub(super) expire: Option<delay_queue::Key>,
+    /// The request bytes charged to its payer, given back on removal.
+    charge: Option<Charge>,
     /// Branches without a final response yet.
     pub(super) live: Vec<String>,
     /// Groups of targets not tried yet (lower q first to last).
@@ -103,6 +105,7 @@ pub(super) struct Transactions {
     pub(super) server: HashMap<String, ServerTxn>,
     pub(super) client: HashMap<String, ClientTxn>,
     pub(super) timers: DelayQueue<Timer>,
+    pub(super) budget: Budget,
 }
 
 /// What an expired timer leaves to do outside the table's lock: a branch
@@ -114,6 +117,9 @@ impl Transactions {
         let st = self.server.remove(key)?;
         if let Some(k) = &st.expire {
             self.timers.try_remove(k);
+        }
+        if let Some(c) = &st.charge {
+            self.budget.release(c);
         }
         Some(st)
     }
@@ -135,7 +141,9 @@ impl Transactions {
             }
             Timer::Expire(key) => {
                 // Its key fired: nothing left to remove from the queue.
-                self.server.remove(&key);
+                if let Some(c) = self.server.remove(&key).and_then(|st| st.charge) {
+                    self.budget.release(&c);
+                }
                 None
             }
         }
@@ -239,6 +247,20 @@ impl Proxy {
                 drop(t);
                 return self.reject(&source, &msg, SipReject::Busy);
             }
+            let charge = t.budget.charge(
+                origin.identity.as_deref(),
+                &source,
+                held_bytes(&msg),
+                self.config.max_transaction_bytes_per_user,
+                self.config.max_transaction_bytes,
+            );
+            let charge = match charge {
+                Ok(c) => c,
+                Err(why) => {
+                    drop(t);
+                    return self.reject(&source, &msg, why);
+                }
+            };
             t.server.insert(
                 key.clone(),
                 ServerTxn {
@@ -255,6 +277,7 @@ impl Proxy {
                         origin,
                         hash,
                     }),
+                    charge: Some(charge),
                 },
             );
         }
@@ -425,6 +448,7 @@ impl Proxy {
                             best: None,
                             settled: true,
                             fork: None,
+                            charge: None,
                         },
                     );
                     None

@@ -6,7 +6,9 @@
 //! means no body). Limits are checked before anything more is buffered: the
 //! header block may grow to [`MAX_HEADER_BLOCK`] before it is refused, and a
 //! Content-Length over [`MAX_BODY`] is refused as soon as the header block is
-//! complete, without waiting for the body.
+//! complete, without waiting for the body. The decoder never reserves
+//! buffer space from a Content-Length: the body is buffered as its bytes
+//! arrive (the caller grows the buffer read by read).
 //!
 //! A `"\r\n\r\n"` between messages is a keep-alive ping (answer `"\r\n"`); a
 //! lone `"\r\n"` (a pong, or padding) is skipped.
@@ -155,7 +157,8 @@ impl SipDecoder {
         };
         let total = head_len + body_len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Nothing is reserved for the announced body: a stranger's
+            // Content-Length costs memory only as its bytes arrive.
             self.state = State::Body {
                 head: Box::new(head),
                 head_len,
@@ -341,6 +344,29 @@ mod tests {
         let input = OPTIONS.replace("Content-Length: 5", &format!("Content-Length: {MAX_BODY}"));
         let mut buf = BytesMut::from(&input.as_bytes()[..input.len() - 5]);
         assert_eq!(SipDecoder::new().decode(&mut buf), None);
+    }
+
+    #[test]
+    fn an_announced_body_reserves_nothing() {
+        let input = OPTIONS.replace("Content-Length: 5", &format!("Content-Length: {MAX_BODY}"));
+        let head_only = &input.as_bytes()[..input.len() - 5];
+        let mut buf = BytesMut::with_capacity(head_only.len() + 100);
+        buf.extend_from_slice(head_only);
+        buf.extend_from_slice(b"12345");
+        let before = buf.capacity();
+        let mut dec = SipDecoder::new();
+        assert_eq!(dec.decode(&mut buf), None);
+        assert_eq!(
+            buf.capacity(),
+            before,
+            "no room reserved for the {MAX_BODY} announced bytes"
+        );
+        // The rest of the body still completes the message.
+        buf.extend_from_slice(&vec![b'x'; MAX_BODY - 5]);
+        let Some(Incoming::Message(m)) = dec.decode(&mut buf) else {
+            panic!("the whole message")
+        };
+        assert_eq!(m.body.len(), MAX_BODY);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use rustls::CertificateError;
 use serde::Serialize;
@@ -149,20 +150,36 @@ pub struct RejectionLog {
 struct LogInner {
     recent: VecDeque<RejectionRecord>,
     totals: BTreeMap<RejectReason, u64>,
+    logged_at: BTreeMap<RejectReason, Instant>,
 }
 
 impl RejectionLog {
-    /// Record and log one refusal.
+    /// Record one refusal; log it unless one of the same reason was logged
+    /// less than [`crate::net::accept::REFUSAL_LOG_INTERVAL`] ago (a
+    /// stranger must not flood the log; the totals count every one).
     pub fn record(&self, remote: SocketAddr, direction: Direction, rejection: &Rejection) {
         let direction = direction.as_str();
-        tracing::warn!(
-            remote = %remote,
-            reason = %rejection.reason,
-            presented_name = rejection.presented_name.as_deref().unwrap_or("-"),
-            direction,
-            detail = %rejection.detail,
-            "mtls connection rejected"
-        );
+        let due = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            match inner.logged_at.get(&rejection.reason) {
+                Some(t) if now.duration_since(*t) < crate::net::accept::REFUSAL_LOG_INTERVAL => false,
+                _ => {
+                    inner.logged_at.insert(rejection.reason, now);
+                    true
+                }
+            }
+        };
+        if due {
+            tracing::warn!(
+                remote = %remote,
+                reason = %rejection.reason,
+                presented_name = rejection.presented_name.as_deref().unwrap_or("-"),
+                direction,
+                detail = %rejection.detail,
+                "mtls connection rejected (logged at most once a second per reason)"
+            );
+        }
         let mut detail = rejection.detail.clone();
         if detail.len() > MAX_REJECTION_DETAIL {
             let mut cut = MAX_REJECTION_DETAIL;
