@@ -239,6 +239,7 @@ fn generate(dir: &Path, n: usize, opts: &UpOptions) -> anyhow::Result<ClusterFil
                 key: cert.key_path,
                 ca: ca.cert_path.clone(),
                 crls: vec![crl.clone()],
+                crl_expired: Default::default(),
             },
             mesh: MeshTiming {
                 heartbeat_interval: Duration::from_millis(opts.heartbeat_ms),
