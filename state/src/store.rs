@@ -174,6 +174,25 @@ impl Store {
         txn.commit().map_err(backend)
     }
 
+    /// Replace the bindings of several AORs (an empty list removes the AOR)
+    /// in ONE transaction: one commit (one fsync) for a whole batch. Applied
+    /// in order, so when an AOR appears twice the later list wins.
+    pub fn put_bindings_batch(&self, writes: &[(String, Vec<Binding>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(BINDINGS).map_err(backend)?;
+            for (aor, bindings) in writes {
+                if bindings.is_empty() {
+                    table.remove(aor.as_str()).map_err(backend)?;
+                } else {
+                    let bytes = serde_json::to_vec(bindings).map_err(backend)?;
+                    table.insert(aor.as_str(), bytes.as_slice()).map_err(backend)?;
+                }
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
     /// The bindings of `aor` (possibly expired ones: the caller filters by time).
     pub fn bindings(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
@@ -521,6 +540,22 @@ mod tests {
         assert_eq!(store.all_bindings().unwrap().len(), 1);
         store.put_bindings(&b.aor, &[]).unwrap();
         assert!(store.bindings(&b.aor).unwrap().is_empty());
+        // A batch: later entries for the same AOR win, empty lists remove.
+        let bob = Binding {
+            aor: "sip:bob@contoso.test".into(),
+            ..b.clone()
+        };
+        let later = Binding { cseq: 3, ..b.clone() };
+        store
+            .put_bindings_batch(&[
+                (b.aor.clone(), vec![b.clone()]),
+                (bob.aor.clone(), vec![bob.clone()]),
+                (b.aor.clone(), vec![later.clone()]),
+                (bob.aor.clone(), vec![]),
+            ])
+            .unwrap();
+        assert_eq!(store.bindings(&b.aor).unwrap(), vec![later]);
+        assert!(store.bindings(&bob.aor).unwrap().is_empty());
         assert_eq!(b.expires_in(1_999_999_990), 10);
     }
 }

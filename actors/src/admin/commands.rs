@@ -223,7 +223,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
         Command::Check { days } => super::check::check(shared, days),
         Command::Registrations => {
             let now = crate::clock::now_secs();
-            let rows = node.proxy.registrar.all(now).map_err(|e| e.to_string())?;
+            let rows = node.proxy.registrar.all_committed(now).await?;
             Ok(Value::Array(
                 rows.iter()
                     .map(|b| {

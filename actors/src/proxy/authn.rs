@@ -76,7 +76,7 @@ impl Proxy {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .fail(&key, Instant::now());
-                tracing::warn!(remote = %flow.remote, user = %user, blocked, "digest authentication failed");
+                crate::refused!(self.refusals, super::refusals::ClientRefusal::DigestFailure, remote = %flow.remote, user = %user, blocked, "digest authentication failed");
                 Err(if blocked {
                     SipReject::LockedOut
                 } else {

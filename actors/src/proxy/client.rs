@@ -32,7 +32,10 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Accept client connections until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shared: Arc<Shared>, config: SipConfig) {
     let limit = config.max_client_connections;
-    let refused = move |remote| tracing::warn!(remote = %remote, limit, "client connection limit reached");
+    let refused = {
+        let p = proxy.clone();
+        move |remote| crate::refused!(p.refusals, super::refusals::ClientRefusal::ClientLimit, remote = %remote, limit, "client connection limit reached")
+    };
     let idle = config.client_idle_timeout;
     let handle = move |tcp, remote, permit| connection(tcp, remote, proxy.clone(), shared.clone(), idle, permit);
     accept_loop(

@@ -20,13 +20,15 @@
 //! timers, responses, ACK, CANCEL), [`authn`] (who a request is from),
 //! [`send`] (to flows and peers), [`answer`] (errors → status codes),
 //! [`client`] (the TLS listener), [`flows`] (client connections),
-//! [`registrar`], [`home`] (rendezvous hashing).
+//! [`registrar`] (bindings; its writer thread commits them in batches),
+//! [`refusals`] (client-door refusal reasons, counted), [`home`] (rendezvous hashing).
 
 pub mod answer;
 mod authn;
 pub mod client;
 pub mod flows;
 pub mod home;
+pub mod refusals;
 pub mod registrar;
 pub mod route;
 mod send;
@@ -101,6 +103,8 @@ pub struct Proxy {
     pub flows: Flows,
     /// The registrar (bindings stored at this node as home).
     pub registrar: Registrar,
+    /// Refusals at the client door, by reason (`status` `sip.refusals`).
+    pub refusals: refusals::ClientRefusals,
     config: SipConfig,
     domain: String,
     auth: Option<DigestAuth>,
@@ -165,6 +169,7 @@ impl Proxy {
         Ok(Proxy {
             failures: Mutex::new(FailureTracker::new(config.auth_retry_limit, AUTH_FAILURE_WINDOW)),
             registrar: Registrar::new(store, config.min_expires, config.max_expires),
+            refusals: Default::default(),
             shared,
             flows: Flows::default(),
             config,
@@ -205,6 +210,8 @@ impl Proxy {
             "client_transactions": client,
             "requests": c.requests,
             "transactions": c.transactions,
+            "refusals": self.refusals.totals(),
+            "registrar": self.registrar.stats(),
         })
     }
 
