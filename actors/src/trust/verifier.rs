@@ -489,3 +489,119 @@ pub fn rejection_of(err: &std::io::Error) -> Option<Rejection> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyIdMethod, KeyPair, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    struct Ca {
+        cert: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, name: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn crl(ca: &Ca, next_update: OffsetDateTime) -> CertificateRevocationListDer<'static> {
+        let params = CertificateRevocationListParams {
+            this_update: next_update - Duration::days(1),
+            next_update,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&ca.issuer).unwrap().der().clone()
+    }
+
+    fn policy(cas: &[&Ca], crls: Vec<CertificateRevocationListDer<'static>>, crl_expired: CrlExpired) -> TrustPolicy {
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots.add(ca.cert.clone()).unwrap();
+        }
+        TrustPolicy {
+            roots: Arc::new(roots),
+            crls,
+            crl_expired,
+        }
+    }
+
+    /// The reason a client certificate is refused with, or None when accepted.
+    fn verdict(policy: &TrustPolicy, cert: &CertificateDer<'_>) -> Option<&'static str> {
+        let client = policy.client_verifier(ClientCert::Required).unwrap();
+        let server = policy.server_verifier().unwrap();
+        let name = ServerName::try_from("fe2.contoso.test").unwrap();
+        let as_client = client.verify_client_cert(cert, &[], UnixTime::now()).err();
+        let as_server = server.verify_server_cert(cert, &[], &name, &[], UnixTime::now()).err();
+        let reason = |e: Option<rustls::Error>| e.map(|e| rejection_of_tls(&e).reason.as_str());
+        let (c, s) = (reason(as_client), reason(as_server));
+        assert_eq!(c, s, "client and server verifiers disagree");
+        c
+    }
+
+    #[test]
+    fn expired_crl_is_refused_or_warned_per_policy() {
+        let a = ca("CA A");
+        let peer = leaf(&a, "fe2.contoso.test");
+        let now = OffsetDateTime::now_utc();
+        let stale = vec![crl(&a, now - Duration::hours(1))];
+        let fresh = vec![crl(&a, now + Duration::days(7))];
+        assert_eq!(
+            verdict(&policy(&[&a], stale.clone(), CrlExpired::Refuse), &peer),
+            Some("crl-expired")
+        );
+        assert_eq!(verdict(&policy(&[&a], stale, CrlExpired::Warn), &peer), None);
+        assert_eq!(verdict(&policy(&[&a], fresh, CrlExpired::Refuse), &peer), None);
+        // The detail says what happened and why it was refused.
+        let p = policy(&[&a], vec![crl(&a, now - Duration::hours(1))], CrlExpired::Refuse);
+        let err = p
+            .client_verifier(ClientCert::Required)
+            .unwrap()
+            .verify_client_cert(&peer, &[], UnixTime::now())
+            .unwrap_err();
+        let r = rejection_of_tls(&err);
+        assert_eq!(r.presented_name.as_deref(), Some("fe2.contoso.test"));
+        assert!(r.detail.contains("expired at nextUpdate"), "{}", r.detail);
+        assert!(r.detail.contains("tls.crl_expired = \"refuse\""), "{}", r.detail);
+    }
+
+    #[test]
+    fn unknown_status_is_allowed_only_for_a_ca_without_a_crl() {
+        let (a, b) = (ca("CA A"), ca("CA B"));
+        let now = OffsetDateTime::now_utc();
+        // Only A publishes a CRL: B's peers have unknown status, accepted
+        // (nothing to check against); A's peers are checked.
+        let p = policy(&[&a, &b], vec![crl(&a, now + Duration::days(7))], CrlExpired::Refuse);
+        assert_eq!(verdict(&p, &leaf(&a, "fe2.contoso.test")), None);
+        assert_eq!(verdict(&p, &leaf(&b, "fe2.contoso.test")), None);
+        // B's CRL expired: B's peers refused, A's unaffected.
+        let p = policy(
+            &[&a, &b],
+            vec![crl(&a, now + Duration::days(7)), crl(&b, now - Duration::hours(1))],
+            CrlExpired::Refuse,
+        );
+        assert_eq!(verdict(&p, &leaf(&a, "fe2.contoso.test")), None);
+        assert_eq!(verdict(&p, &leaf(&b, "fe2.contoso.test")), Some("crl-expired"));
+    }
+}
