@@ -227,14 +227,21 @@ impl Registrar {
         cache.insert(aor.to_owned(), bindings);
     }
 
-    /// Every live binding stored here, once the writes queued before the
-    /// call are committed (so what it lists is on disk).
-    pub async fn all_committed(&self, now: u64) -> Result<Vec<Binding>, String> {
+    /// Wait (without blocking the thread) until every write queued before
+    /// the call is committed (or has failed).
+    pub async fn committed(&self) -> Result<(), String> {
         let synced = match &self.writer {
             Some(w) => w.synced().map_err(|e| format!("registrar writer: {e:?}"))?,
             None => return Err("registrar writer is not running".into()),
         };
         synced.await;
+        Ok(())
+    }
+
+    /// Every live binding stored here, once the writes queued before the
+    /// call are committed (so what it lists is on disk).
+    pub async fn all_committed(&self, now: u64) -> Result<Vec<Binding>, String> {
+        self.committed().await?;
         self.all(now).map_err(|e| e.to_string())
     }
 
