@@ -176,7 +176,37 @@ impl Default for SipConfig {
     }
 }
 
-/// Paths of the PEM files a node reads.
+/// What a node does with a peer whose CRL is past its nextUpdate
+/// (`[tls] crl_expired`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CrlExpired {
+    /// Refuse the peer (`crl-expired`): a stale CRL may miss a revocation.
+    #[default]
+    Refuse,
+    /// Accept the peer on the stale CRL; `ctl check` still reports it.
+    Warn,
+}
+
+impl CrlExpired {
+    /// The node.toml spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrlExpired::Refuse => "refuse",
+            CrlExpired::Warn => "warn",
+        }
+    }
+
+    /// Parse the node.toml spelling.
+    pub fn parse(s: &str) -> Option<CrlExpired> {
+        match s {
+            "refuse" => Some(CrlExpired::Refuse),
+            "warn" => Some(CrlExpired::Warn),
+            _ => None,
+        }
+    }
+}
+
+/// Paths of the PEM files a node reads, and the `[tls]` policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPaths {
     /// The node certificate (leaf first, then any intermediates).
@@ -187,6 +217,8 @@ pub struct TlsPaths {
     pub ca: PathBuf,
     /// Certificate revocation lists (PEM), any number.
     pub crls: Vec<PathBuf>,
+    /// What to do with a peer whose CRL has expired.
+    pub crl_expired: CrlExpired,
 }
 
 /// Link timers and limits.
@@ -319,6 +351,7 @@ struct RawTls {
     ca: PathBuf,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    crl_expired: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -522,6 +555,12 @@ impl NodeConfig {
                 key: abs(raw.tls.key),
                 ca: abs(raw.tls.ca),
                 crls: raw.tls.crls.into_iter().map(abs).collect(),
+                crl_expired: match raw.tls.crl_expired.as_deref() {
+                    None => CrlExpired::default(),
+                    Some(v) => CrlExpired::parse(v).ok_or_else(|| {
+                        invalid("tls.crl_expired", format!("{v:?} is neither \"refuse\" nor \"warn\""))
+                    })?,
+                },
             },
             mesh: MeshTiming {
                 heartbeat_interval,
@@ -565,6 +604,7 @@ impl NodeConfig {
         );
         let crls: Vec<String> = self.tls.crls.iter().map(|p| q(p)).collect();
         s += &format!("crls = [{}]\n", crls.join(", "));
+        s += &format!("crl_expired = \"{}\"\n", self.tls.crl_expired.as_str());
         let m = &self.mesh;
         s += "\n[mesh]\n";
         s += &format!(
@@ -706,6 +746,21 @@ heartbeat_interval_ms = 200
             .unwrap_err()
             .to_string();
         assert!(err.contains("assert_identity_to_clients"), "{err}");
+        assert_eq!(c.tls.crl_expired, CrlExpired::Refuse);
+    }
+
+    #[test]
+    fn crl_expired_is_refuse_or_warn() {
+        let warn = parse(&GOOD.replace("crls = [\"ca.crl\"]", "crls = [\"ca.crl\"]\ncrl_expired = \"warn\"")).unwrap();
+        assert_eq!(warn.tls.crl_expired, CrlExpired::Warn);
+        assert_eq!(parse(&warn.to_toml()).unwrap().tls.crl_expired, CrlExpired::Warn);
+        let err = parse(&GOOD.replace("crls = [\"ca.crl\"]", "crl_expired = \"ignore\""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config /etc/sipmesh/node.toml: tls.crl_expired: \"ignore\" is neither \"refuse\" nor \"warn\""
+        );
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub async fn run(
     clients.abort();
     sighup.abort();
     let _ = node.send(ShutdownNode).await;
+    // Registrations answered 200 but still queued reach the disk before exit.
+    let _ = proxy.registrar.committed().await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     debug_task.abort();
     timers.abort();

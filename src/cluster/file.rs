@@ -97,7 +97,7 @@ impl ClusterFile {
 /// Write a file readable by its owner only (mode 0600).
 pub(super) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -105,6 +105,10 @@ pub(super) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // `mode` only applies to a file created here: an existing one keeps its
+    // mode (e.g. 0644), so set it exactly, before the secret is written.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod 0600 {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }

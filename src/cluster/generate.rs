@@ -79,6 +79,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                 key: cert.key_path,
                 ca: ca.cert_path.clone(),
                 crls: vec![crl.clone()],
+                crl_expired: Default::default(),
             },
             mesh: MeshTiming {
                 heartbeat_interval: Duration::from_millis(opts.heartbeat_ms),

@@ -59,6 +59,18 @@ pub fn revoke(ca_dir: &Path, serial: &str) -> Result<(), PkiError> {
 /// written, so a failed write never skips a number). Written atomically, so a
 /// node re-reading the CRL never sees a partial file.
 pub fn write_crl(ca_dir: &Path, out: &Path) -> Result<CrlInfo, PkiError> {
+    let now = OffsetDateTime::now_utc();
+    write_crl_dated(ca_dir, out, now - CRL_BACKDATE, now + CRL_VALIDITY)
+}
+
+/// [`write_crl`] with explicit thisUpdate and nextUpdate (e.g. a nextUpdate in
+/// the past, to test how nodes treat an expired CRL).
+pub fn write_crl_dated(
+    ca_dir: &Path,
+    out: &Path,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+) -> Result<CrlInfo, PkiError> {
     let ca = LoadedCa::load(ca_dir)?;
     let index_path = ca_dir.join(INDEX_FILE);
     let mut index = load_index(&index_path)?;
@@ -85,10 +97,9 @@ pub fn write_crl(ca_dir: &Path, out: &Path) -> Result<CrlInfo, PkiError> {
         });
     }
 
-    let now = OffsetDateTime::now_utc();
     let params = CertificateRevocationListParams {
-        this_update: strip_nanos(now - CRL_BACKDATE),
-        next_update: strip_nanos(now + CRL_VALIDITY),
+        this_update: strip_nanos(this_update),
+        next_update: strip_nanos(next_update),
         crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs,

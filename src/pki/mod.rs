@@ -21,7 +21,7 @@
 //! - [`init_ca`]: create a CA directory.
 //! - [`issue()`] with [`IssueOptions`]: issue an end-entity certificate.
 //! - [`revoke`]: mark a serial revoked in the index.
-//! - [`write_crl`]: publish a CRL listing every revoked serial.
+//! - [`write_crl`] ([`write_crl_dated`]): publish a CRL listing every revoked serial.
 //! - [`ca_cert_pem`]: read the CA certificate back (for trust stores in tests).
 //! - [`PkiError`]: what can go wrong, naming the offending path or value.
 //!
@@ -54,7 +54,7 @@ mod serial;
 mod test_util;
 
 pub use ca::{ca_cert_pem, init_ca, CaInfo};
-pub use crl::{revoke, write_crl, CrlInfo};
+pub use crl::{revoke, write_crl, write_crl_dated, CrlInfo};
 pub use issue::{issue, IssueOptions, Issued};
 
 /// File name of the CA certificate inside a CA directory.

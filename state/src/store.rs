@@ -89,6 +89,7 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
         }
+        make_private(path).map_err(|e| open_err(format!("cannot make it private (0600): {e}")))?;
         let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
         // Create both tables up front so read transactions never meet a
         // missing table.
@@ -173,6 +174,25 @@ impl Store {
         txn.commit().map_err(backend)
     }
 
+    /// Replace the bindings of several AORs (an empty list removes the AOR)
+    /// in ONE transaction: one commit (one fsync) for a whole batch. Applied
+    /// in order, so when an AOR appears twice the later list wins.
+    pub fn put_bindings_batch(&self, writes: &[(String, Vec<Binding>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(BINDINGS).map_err(backend)?;
+            for (aor, bindings) in writes {
+                if bindings.is_empty() {
+                    table.remove(aor.as_str()).map_err(backend)?;
+                } else {
+                    let bytes = serde_json::to_vec(bindings).map_err(backend)?;
+                    table.insert(aor.as_str(), bytes.as_slice()).map_err(backend)?;
+                }
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
     /// The bindings of `aor` (possibly expired ones: the caller filters by time).
     pub fn bindings(&self, aor: &str) -> Result<Vec<Binding>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
@@ -251,6 +271,25 @@ impl Store {
     }
 }
 
+/// Mode of the store file: registrations (contacts, addresses) and the
+/// trusted set are nobody else's business.
+pub const STORE_FILE_MODE: u32 = 0o600;
+
+/// Create `path` with [`STORE_FILE_MODE`] if missing (redb initialises an
+/// empty file), and set that mode on an existing one (which may be 0644
+/// from an older version or a copy).
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(STORE_FILE_MODE)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(STORE_FILE_MODE))
+}
+
 /// The "current" pointer from the meta table.
 fn current_version(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u64>, StoreError> {
     let Some(value) = meta.get(CURRENT_TOPOLOGY_KEY).map_err(backend)? else {
@@ -307,6 +346,21 @@ mod tests {
     fn store_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn store_file_is_private_also_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        store.put_meta("k", b"v").unwrap();
+        assert_eq!(store.get_meta("k").unwrap(), Some(b"v".to_vec()));
     }
 
     #[test]
@@ -487,6 +541,22 @@ mod tests {
         assert_eq!(store.all_bindings().unwrap().len(), 1);
         store.put_bindings(&b.aor, &[]).unwrap();
         assert!(store.bindings(&b.aor).unwrap().is_empty());
+        // A batch: later entries for the same AOR win, empty lists remove.
+        let bob = Binding {
+            aor: "sip:bob@contoso.test".into(),
+            ..b.clone()
+        };
+        let later = Binding { cseq: 3, ..b.clone() };
+        store
+            .put_bindings_batch(&[
+                (b.aor.clone(), vec![b.clone()]),
+                (bob.aor.clone(), vec![bob.clone()]),
+                (b.aor.clone(), vec![later.clone()]),
+                (bob.aor.clone(), vec![]),
+            ])
+            .unwrap();
+        assert_eq!(store.bindings(&b.aor).unwrap(), vec![later]);
+        assert!(store.bindings(&bob.aor).unwrap().is_empty());
         assert_eq!(b.expires_in(1_999_999_990), 10);
     }
 }

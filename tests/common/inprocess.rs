@@ -184,6 +184,7 @@ impl Plan {
                             key: cert.key_path,
                             ca: pki.ca_pem.clone(),
                             crls: vec![crl.clone()],
+                            crl_expired: Default::default(),
                         },
                         mesh: timing,
                         sip: Default::default(),

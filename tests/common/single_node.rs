@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sipmesh::pki::{IssueOptions, Issued};
-use sipmesh_actors::config::{MeshTiming, NodeConfig, TlsPaths};
+use sipmesh_actors::config::{CrlExpired, MeshTiming, NodeConfig, TlsPaths};
 use sipmesh_state::{Fqdn, Role, Topology, TrustedServer};
 use tempfile::TempDir;
 
@@ -43,6 +43,8 @@ pub struct SingleNodeBuilder {
     backoff_ms: u64,
     handshake_timeout_ms: u64,
     max_connections: usize,
+    crl_next_update: Option<time::OffsetDateTime>,
+    crl_expired: CrlExpired,
 }
 
 impl SingleNodeBuilder {
@@ -82,6 +84,18 @@ impl SingleNodeBuilder {
         self
     }
 
+    /// Write the node's CRL with this nextUpdate (e.g. in the past: an expired CRL).
+    pub fn crl_next_update(mut self, next_update: time::OffsetDateTime) -> Self {
+        self.crl_next_update = Some(next_update);
+        self
+    }
+
+    /// `[tls] crl_expired`.
+    pub fn crl_expired(mut self, mode: CrlExpired) -> Self {
+        self.crl_expired = mode;
+        self
+    }
+
     /// Write CRL, topology and node.toml, spawn `node run`, wait for the debug
     /// socket and read the mesh address the node bound.
     pub fn start(self) -> SingleNode {
@@ -91,7 +105,10 @@ impl SingleNodeBuilder {
             ..IssueOptions::new(&self.fqdn)
         });
         let crl = root.join("ca.crl");
-        self.pki.write_crl(&crl);
+        match self.crl_next_update {
+            Some(t) => self.pki.write_crl_until(&crl, t),
+            None => self.pki.write_crl(&crl),
+        }
 
         let me = TrustedServer {
             fqdn: Fqdn::new(&self.fqdn).unwrap_or_else(|e| panic!("fqdn {}: {e}", self.fqdn)),
@@ -128,7 +145,8 @@ impl SingleNodeBuilder {
                 cert: node_cert.cert_path.clone(),
                 key: node_cert.key_path.clone(),
                 ca: self.pki.ca_pem.clone(),
-                crls: vec![crl],
+                crls: vec![crl.clone()],
+                crl_expired: self.crl_expired,
             },
             mesh: MeshTiming {
                 heartbeat_interval: heartbeat,
@@ -175,6 +193,7 @@ impl SingleNodeBuilder {
             mesh_addr,
             debug_socket,
             log,
+            crl,
             node_cert,
             proc,
             pki: self.pki,
@@ -190,6 +209,8 @@ pub struct SingleNode {
     pub mesh_addr: SocketAddr,
     pub debug_socket: PathBuf,
     pub log: PathBuf,
+    /// The node's CRL file.
+    pub crl: PathBuf,
     pub node_cert: Issued,
     pub proc: ProcGuard,
     pub pki: Pki,
@@ -215,6 +236,8 @@ impl SingleNode {
             backoff_ms: 1_000,
             handshake_timeout_ms: sipmesh_actors::config::DEFAULT_HANDSHAKE_TIMEOUT_MS,
             max_connections: sipmesh_actors::config::DEFAULT_MAX_MESH_CONNECTIONS,
+            crl_next_update: None,
+            crl_expired: CrlExpired::default(),
         }
     }
 

@@ -77,6 +77,12 @@ impl Pki {
     pub fn write_crl(&self, out: &Path) {
         pki::write_crl(&self.ca_dir, out).unwrap_or_else(|e| panic!("write_crl: {e}"));
     }
+
+    /// Write a CRL to `out` whose nextUpdate is `next_update` (thisUpdate a day before it).
+    pub fn write_crl_until(&self, out: &Path, next_update: time::OffsetDateTime) {
+        pki::write_crl_dated(&self.ca_dir, out, next_update - time::Duration::days(1), next_update)
+            .unwrap_or_else(|e| panic!("write_crl_dated: {e}"));
+    }
 }
 
 /// The crypto provider every test config uses.

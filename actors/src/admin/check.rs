@@ -1,15 +1,36 @@
-//! `ctl check`: certificates expiring within a horizon, peers not up, members
-//! lagging the topology version.
+//! `ctl check`: certificates expiring within a horizon, expired CRLs, peers
+//! not up, members lagging the topology version.
 
 use serde_json::{json, Value};
 
+use crate::config::CrlExpired;
 use crate::mesh::status::{LinkState, Shared};
 
-/// The health check behind `ctl check`.
-pub fn check(shared: &Shared, days: u64) -> Value {
-    let horizon = time::OffsetDateTime::now_utc() + time::Duration::days(days as i64);
+/// The health check behind `ctl check`; `days` is the horizon for expiring
+/// certificates (an error, never a panic, if it does not fit a date).
+pub fn check(shared: &Shared, days: u64) -> Result<Value, String> {
+    let now = time::OffsetDateTime::now_utc();
+    let horizon = i64::try_from(days)
+        .ok()
+        .and_then(|d| d.checked_mul(86_400))
+        .and_then(|s| now.checked_add(time::Duration::seconds(s)))
+        .ok_or_else(|| format!("check: days {days} reaches beyond the representable dates"))?;
     let mut problems = Vec::new();
-    let own = shared.tls.load().own.not_after;
+    let tls = shared.tls.load();
+    for crl in tls.crl_files.iter().filter(|c| c.expired_at(now)) {
+        let consequence = match tls.crl_expired {
+            CrlExpired::Refuse => "peers it covers are refused",
+            CrlExpired::Warn => "peers it covers are still accepted",
+        };
+        problems.push(format!(
+            "CRL {} (issuer {}) expired: nextUpdate {} has passed; {consequence} (tls.crl_expired = \"{}\")",
+            crl.path.display(),
+            crl.issuer,
+            crl.next_update.map(crate::rfc3339).unwrap_or_default(),
+            tls.crl_expired.as_str()
+        ));
+    }
+    let own = tls.own.not_after;
     if own <= horizon {
         problems.push(format!(
             "this node's certificate expires {} (within {days} days)",
@@ -44,5 +65,5 @@ pub fn check(shared: &Shared, days: u64) -> Value {
             _ => {}
         }
     }
-    json!({ "ok": problems.is_empty(), "days": days, "problems": problems })
+    Ok(json!({ "ok": problems.is_empty(), "days": days, "problems": problems }))
 }

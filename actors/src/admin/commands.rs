@@ -11,6 +11,9 @@ use crate::mesh::status::LinkState;
 
 /// Default horizon of `check` for expiring certificates.
 pub const DEFAULT_CHECK_DAYS: u64 = 30;
+/// Longest horizon of `check`: 100 years is beyond any certificate's
+/// lifetime, and keeps `now + days` far inside the dates `time` represents.
+pub const MAX_CHECK_DAYS: u64 = 36_500;
 
 /// The command list shown by `help`.
 pub const COMMANDS: &[&str] = &[
@@ -77,6 +80,28 @@ fn string_arg(request: &Value, key: &str, missing: &str) -> Result<String, Strin
         .ok_or_else(|| missing.to_owned())
 }
 
+/// An optional integer argument within `range`: the default when absent, an
+/// error naming the command, the key, the value and the allowed range when
+/// it is anything else (negative, fractional, a string, out of range).
+fn u64_arg(
+    request: &Value,
+    cmd: &str,
+    key: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, String> {
+    let Some(value) = request.get(key) else {
+        return Ok(default);
+    };
+    value.as_u64().filter(|v| range.contains(v)).ok_or_else(|| {
+        format!(
+            "{cmd}: {key} {value} is not an integer in {}..={}",
+            range.start(),
+            range.end()
+        )
+    })
+}
+
 impl Command {
     /// Parse a request line: a JSON object `{"cmd": ...}` or the bare word.
     /// `faults`: whether `fault` is a known command in this process.
@@ -101,10 +126,7 @@ impl Command {
             },
             "reload" => Command::Reload,
             "check" => Command::Check {
-                days: request
-                    .get("days")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(DEFAULT_CHECK_DAYS),
+                days: u64_arg(&request, "check", "days", DEFAULT_CHECK_DAYS, 0..=MAX_CHECK_DAYS)?,
             },
             "registrations" => Command::Registrations,
             "log-level" => Command::LogLevel {
@@ -202,10 +224,10 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
             let report = node.node.send(Reload).await.map_err(|e| e.to_string())??;
             serde_json::to_value(report).map_err(|e| e.to_string())
         }
-        Command::Check { days } => Ok(super::check::check(shared, days)),
+        Command::Check { days } => super::check::check(shared, days),
         Command::Registrations => {
             let now = crate::clock::now_secs();
-            let rows = node.proxy.registrar.all(now).map_err(|e| e.to_string())?;
+            let rows = node.proxy.registrar.all_committed(now).await?;
             Ok(Value::Array(
                 rows.iter()
                     .map(|b| {
@@ -282,6 +304,23 @@ mod tests {
         assert!(Command::parse("{broken", false)
             .unwrap_err()
             .starts_with("bad request: "));
+        for (request, text) in [
+            (r#"{"cmd":"check","days":1000000000}"#, "1000000000"),
+            (r#"{"cmd":"check","days":-1}"#, "-1"),
+            (r#"{"cmd":"check","days":1.5}"#, "1.5"),
+            (r#"{"cmd":"check","days":null}"#, "null"),
+            (r#"{"cmd":"check","days":"30"}"#, "\"30\""),
+        ] {
+            assert_eq!(
+                Command::parse(request, false),
+                Err(format!("check: days {text} is not an integer in 0..={MAX_CHECK_DAYS}")),
+                "{request}"
+            );
+        }
+        assert_eq!(
+            Command::parse(&format!(r#"{{"cmd":"check","days":{MAX_CHECK_DAYS}}}"#), false),
+            Ok(Command::Check { days: MAX_CHECK_DAYS })
+        );
         let unknown = Command::parse("fault", false).unwrap_err();
         assert!(
             unknown.starts_with("unknown command \"fault\" (commands: status, links,"),

@@ -10,7 +10,9 @@
 //! Commands (field names are an interface for scripts):
 //! - `status`: `fqdn, role, topology_version, links_up, links_total, uptime_s`,
 //!   plus `pid, version, mesh_addr, rejections` (totals by reason) and `sip`
-//!   (`domain, flows, requests` by method, `transactions` by method and final status).
+//!   (`domain, flows, requests` by method, `transactions` by method and final status,
+//!   `refusals` at the client door by reason (`digest-failure`, `client-limit`),
+//!   `registrar`: `pending_writes, written, commits, failed_commits, refused_queue_full`).
 //! - `links`: list of `peer, state (up|connecting|backoff|down), rtt_ms, since,
 //!   restarts, last_error, cert_not_after, tls_version, cipher, frames_in,
 //!   frames_out, bytes_in, bytes_out` plus `cert_serial, direction, local_addr,
@@ -28,9 +30,12 @@
 //!   starting with its reason (`bad-signature`, `stale-version`, `invalid`, `static`).
 //! - `reload`: re-read certificate, key, CA bundle and CRLs; re-check live
 //!   links. Answers `cert_serial, cert_not_after, crls, links_rechecked`.
-//! - `check` (`{"cmd":"check","days":30}`): `ok` and `problems` (certificates
+//! - `check` (`{"cmd":"check","days":30}`, `days` in 0..=36500): `ok` and
+//!   `problems` (expired CRLs with file, issuer and nextUpdate, certificates
 //!   expiring within `days`, peers not up, members lagging the topology version).
-//! - `registrations`: bindings stored at this node (it is their home):
+//!   Every numeric argument is range-checked; an error names the value and the range.
+//! - `registrations`: bindings stored at this node (it is their home), once
+//!   the registrar's queued writes are committed:
 //!   `aor, contact, home_node, flow_node, flow_id, expires_in`.
 //! - `log-level` (`{"cmd":"log-level","level":"debug"}`): change the log
 //!   filter at run time (a `RUST_LOG` directive); answers the filter in effect.

@@ -1,5 +1,7 @@
 //! Network plumbing shared by every door of a node.
 //!
 //! - [`accept`]: one bounded accept loop (permits, pause on error, counted refusals).
+//! - [`throttle`]: refusals counted by reason, logged at most once a second per reason.
 
 pub mod accept;
+pub mod throttle;

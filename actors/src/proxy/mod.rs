@@ -21,7 +21,8 @@
 //! timers, ACK, CANCEL), `fork` (responses of forked requests), [`authn`] (who a request is from),
 //! [`send`] (to flows and peers), [`answer`] (errors → status codes),
 //! [`client`] (the TLS listener), [`flows`] (client connections),
-//! [`registrar`], [`home`] (rendezvous hashing).
+//! [`registrar`] (bindings; its writer thread commits them in batches),
+//! [`home`] (rendezvous hashing).
 
 pub mod answer;
 mod authn;
@@ -267,6 +268,7 @@ impl Proxy {
             "auth": self.auth_stats(),
             "refusals": c.refusals,
             "identity_headers_removed": c.identity_headers_removed,
+            "registrar": self.registrar.stats(),
         })
     }
 

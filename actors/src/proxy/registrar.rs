@@ -4,11 +4,21 @@
 //! fetch (no Contact). Expiries shorter than the minimum get 423 with
 //! Min-Expires; longer ones are shortened to the maximum. Bindings survive a
 //! restart of the home node until they expire.
+//!
+//! The in-memory cache is authoritative for lookups; the store is written
+//! off the event loop by [`writer::BindingWriter`] (batched commits, the
+//! order of an AOR's writes kept). The 200 OK leaves once the bindings are
+//! cached and queued; a full queue answers 503.
 
+pub mod writer;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::net::throttle::{Throttle, LOG_INTERVAL};
 use sipmesh_state::binding::{parse_q, Q_DEFAULT};
 use sipmesh_state::{Binding, Store, StoreError};
+use writer::{BindingWriter, QueueError, MAX_QUEUED_WRITES};
 
 use super::answer::SipReject;
 use crate::clock::now_secs;
@@ -22,22 +32,39 @@ pub struct Registrar {
     store: Arc<Store>,
     min_expires: u32,
     max_expires: u32,
-    /// Write-through cache of the store's bindings: lookups are on the hot
-    /// path of every request for an AOR; the store is read once per AOR.
+    /// Cache of the bindings, authoritative for lookups (the store may lag
+    /// it by the writes still queued): lookups are on the hot path of every
+    /// request for an AOR; the store is read once per AOR.
     cache: std::sync::Mutex<std::collections::HashMap<String, Vec<Binding>>>,
+    /// The store's writer thread (None if it could not start: REGISTER
+    /// then gets 503).
+    writer: Option<BindingWriter>,
+    /// Logs of refused writes, at most once a second per cause.
+    refused_log: Throttle<QueueError>,
 }
 
-/// Most AORs cached (DoS bound; beyond it lookups read the store).
+/// Most AORs cached from store reads (DoS bound; beyond it lookups read the
+/// store). AORs written here are always cached, whatever the size: only an
+/// authenticated user registers, and only its own AOR, so they are bounded
+/// by the users (and certificates) this node accepts, and a written AOR
+/// must stay cached until its write is committed.
 pub const MAX_CACHED_AORS: usize = 100_000;
 
 impl Registrar {
     /// A registrar over `store`.
     pub fn new(store: Arc<Store>, min_expires: u32, max_expires: u32) -> Registrar {
+        let writer = BindingWriter::spawn(store.clone(), MAX_QUEUED_WRITES)
+            .map_err(
+                |e| tracing::error!(error = %e, "cannot start the registrar's store writer; REGISTER will get 503"),
+            )
+            .ok();
         Registrar {
             store,
             min_expires,
             max_expires,
             cache: Default::default(),
+            writer,
+            refused_log: Throttle::new(LOG_INTERVAL),
         }
     }
 
@@ -129,9 +156,7 @@ impl Registrar {
                 }
             }
         }
-        // Committed before the 200 OK leaves.
-        self.store.put_bindings(&aor, &bindings).map_err(store_err)?;
-        self.remember(&aor, bindings.clone());
+        self.write(&aor, &bindings)?;
         tracing::info!(aor = %aor, bindings = bindings.len(), flow_node, flow_id, "registration updated");
         Ok(bindings
             .iter()
@@ -169,6 +194,40 @@ impl Registrar {
         Ok(stored)
     }
 
+    /// Queue the new bindings of `aor` for the store and cache them, under
+    /// the cache lock so cache and queue see the same order. Not queued
+    /// (full, or no writer): 503, and the cache keeps the old bindings.
+    fn write(&self, aor: &str, bindings: &[Binding]) -> Result<(), SipReject> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = match &self.writer {
+            Some(w) => w.try_put(aor.to_owned(), bindings.to_vec()),
+            None => Err(QueueError::Stopped),
+        };
+        if let Err(e) = queued {
+            if let Some(suppressed) = self.refused_log.allow(e, tokio::time::Instant::now()) {
+                tracing::warn!(aor = %aor, reason = ?e, suppressed, "registrar write queue refused a REGISTER (503)");
+            }
+            return Err(SipReject::Busy);
+        }
+        cache.insert(aor.to_owned(), bindings.to_vec());
+        Ok(())
+    }
+
+    /// Writer counters for `status` (`sip.registrar`).
+    pub fn stats(&self) -> serde_json::Value {
+        let Some(w) = &self.writer else {
+            return serde_json::json!({ "writer": "stopped" });
+        };
+        let s = w.stats();
+        serde_json::json!({
+            "pending_writes": s.pending.load(Ordering::Relaxed),
+            "written": s.written.load(Ordering::Relaxed),
+            "commits": s.commits.load(Ordering::Relaxed),
+            "failed_commits": s.failed_commits.load(Ordering::Relaxed),
+            "refused_queue_full": s.refused_full.load(Ordering::Relaxed),
+        })
+    }
+
     fn remember(&self, aor: &str, bindings: Vec<Binding>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_AORS && !cache.contains_key(aor) {
@@ -177,7 +236,25 @@ impl Registrar {
         cache.insert(aor.to_owned(), bindings);
     }
 
-    /// Every live binding stored here.
+    /// Wait (without blocking the thread) until every write queued before
+    /// the call is committed (or has failed).
+    pub async fn committed(&self) -> Result<(), String> {
+        let synced = match &self.writer {
+            Some(w) => w.synced().map_err(|e| format!("registrar writer: {e:?}"))?,
+            None => return Err("registrar writer is not running".into()),
+        };
+        synced.await;
+        Ok(())
+    }
+
+    /// Every live binding stored here, once the writes queued before the
+    /// call are committed (so what it lists is on disk).
+    pub async fn all_committed(&self, now: u64) -> Result<Vec<Binding>, String> {
+        self.committed().await?;
+        self.all(now).map_err(|e| e.to_string())
+    }
+
+    /// Every live binding in the store (not yet the queued writes).
     pub fn all(&self, now: u64) -> Result<Vec<Binding>, StoreError> {
         Ok(self
             .store

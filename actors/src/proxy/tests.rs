@@ -41,6 +41,7 @@ fn tls_files(dir: &std::path::Path) -> TlsPaths {
         key: dir.join("fe1.key"),
         ca: dir.join("ca.pem"),
         crls: vec![],
+        crl_expired: Default::default(),
     };
     std::fs::write(&paths.cert, cert.pem()).unwrap();
     std::fs::write(&paths.key, key.serialize_pem()).unwrap();

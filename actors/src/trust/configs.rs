@@ -8,8 +8,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sipmesh_state::Topology;
 
-use super::material::{certified_key, provider, CertInfo, TlsError, TlsMaterial};
+use super::material::{certified_key, provider, CertInfo, CrlFile, TlsError, TlsMaterial};
 use super::verifier::{ClientCert, MeshVerifier};
+use crate::config::CrlExpired;
 
 /// Picks the client-port certificate by the SNI name the client asked for;
 /// the node's own certificate otherwise (and for clients that send no SNI,
@@ -62,6 +63,10 @@ pub struct TlsConfigs {
     pub verifier: Arc<MeshVerifier>,
     /// Number of CRLs loaded.
     pub crl_count: usize,
+    /// Each loaded CRL's file, issuer and nextUpdate (for `ctl check`).
+    pub crl_files: Vec<CrlFile>,
+    /// What an expired CRL means for peers (`tls.crl_expired`).
+    pub crl_expired: CrlExpired,
     /// For the SIP client port: server authentication, optional client
     /// certificate (verified against the same CAs and CRLs when presented).
     pub client_port: Arc<rustls::ServerConfig>,
@@ -102,9 +107,17 @@ impl TlsConfigs {
                 certified_key(material.chain.clone(), &material.key)?,
                 &material.sni,
             )));
-        // No TLS 1.3 session tickets to SIP clients: some (sipsak) read one
-        // record after sending a request and take the ticket for the answer.
+        // No session resumption on the client port either: a client
+        // certificate carries a SIP identity, and a resumed session (TLS 1.2
+        // session id or ticket, TLS 1.3 ticket) would hand that identity on
+        // without verifying the certificate again (revoked since, CRL now
+        // expired, CA removed on reload). Stateful (session cache) and
+        // stateless (tickets: the default ticketer never issues any) both off.
+        // Also, some SIP clients (sipsak) read one record after sending a
+        // request and would take a TLS 1.3 ticket for the answer.
+        client_port.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         client_port.send_tls13_tickets = 0;
+        debug_assert!(!client_port.ticketer.enabled());
         Ok(TlsConfigs {
             client_port: Arc::new(client_port),
             server: Arc::new(server),
@@ -112,6 +125,8 @@ impl TlsConfigs {
             own: material.own.clone(),
             verifier,
             crl_count: material.crls.len(),
+            crl_files: material.crl_files.clone(),
+            crl_expired: material.crl_expired,
         })
     }
 }

@@ -11,7 +11,7 @@ use rustls::RootCertStore;
 use time::OffsetDateTime;
 
 use super::verifier::{ClientCert, TrustPolicy};
-use crate::config::TlsPaths;
+use crate::config::{CrlExpired, TlsPaths};
 
 /// Largest PEM file read (DoS bound against a misconfigured path to a huge file).
 pub const MAX_PEM_FILE: u64 = 4 * 1024 * 1024;
@@ -109,6 +109,37 @@ impl CertInfo {
     }
 }
 
+/// Facts about one loaded CRL, for `ctl check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlFile {
+    /// The file it came from.
+    pub path: std::path::PathBuf,
+    /// Its issuer, as text.
+    pub issuer: String,
+    /// Its nextUpdate: after it the CRL is expired (None if absent).
+    pub next_update: Option<OffsetDateTime>,
+}
+
+impl CrlFile {
+    /// Read issuer and nextUpdate out of a DER CRL.
+    pub fn parse(path: &Path, der: &[u8]) -> Result<CrlFile, TlsError> {
+        let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| TlsError::File {
+            path: path.display().to_string(),
+            message: format!("unparsable CRL: {e}"),
+        })?;
+        Ok(CrlFile {
+            path: path.to_owned(),
+            issuer: crl.issuer().to_string(),
+            next_update: crl.next_update().map(|t| t.to_datetime()),
+        })
+    }
+
+    /// Past its nextUpdate at `now`.
+    pub fn expired_at(&self, now: OffsetDateTime) -> bool {
+        self.next_update.is_some_and(|t| t <= now)
+    }
+}
+
 /// The PEM material of one node, loaded and checked.
 pub struct TlsMaterial {
     /// Our chain, leaf first.
@@ -119,6 +150,10 @@ pub struct TlsMaterial {
     pub roots: Arc<RootCertStore>,
     /// Revocation lists.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Where each CRL came from and when it expires (same order as `crls`).
+    pub crl_files: Vec<CrlFile>,
+    /// What to do with peers whose CRL has expired.
+    pub crl_expired: CrlExpired,
     /// Facts about our own leaf.
     pub own: CertInfo,
     /// Extra certificates for the SIP client port, chosen by SNI (pool names).
@@ -203,8 +238,22 @@ impl TlsMaterial {
             })?;
         }
         let mut crls = Vec::new();
+        let mut crl_files = Vec::new();
         for p in &paths.crls {
-            crls.extend(pem_items(p, "CRL", |r| rustls_pemfile::crls(r).collect())?);
+            for crl in pem_items(p, "CRL", |r| rustls_pemfile::crls(r).collect())? {
+                crl_files.push(CrlFile::parse(p, &crl)?);
+                crls.push(crl);
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        for f in crl_files.iter().filter(|f| f.expired_at(now)) {
+            tracing::warn!(
+                crl = %f.path.display(),
+                issuer = %f.issuer,
+                next_update = %f.next_update.map(crate::rfc3339).unwrap_or_default(),
+                policy = paths.crl_expired.as_str(),
+                "CRL expired (tls.crl_expired decides whether peers it covers are refused)"
+            );
         }
         let own_err = |message: String| TlsError::OwnCert {
             path: paths.cert.display().to_string(),
@@ -227,11 +276,20 @@ impl TlsMaterial {
             key,
             roots: Arc::new(roots),
             crls,
+            crl_files,
+            crl_expired: paths.crl_expired,
             own,
             sni: Vec::new(),
         };
-        // Our own certificate must pass the checks our peers will apply.
-        let webpki = material.policy().client_verifier(ClientCert::Required)?;
+        // Our own certificate must pass the checks our peers will apply,
+        // except CRL expiry: a node whose CRL went stale still starts (and
+        // reloads), so that `ctl check` can say so; peers are refused or
+        // not by `tls.crl_expired`.
+        let self_check = TrustPolicy {
+            crl_expired: CrlExpired::Warn,
+            ..material.policy()
+        };
+        let webpki = self_check.client_verifier(ClientCert::Required)?;
         if let Err(e) = webpki.verify_client_cert(&material.chain[0], &material.chain[1..], UnixTime::now()) {
             return Err(own_err(format!("does not verify against {}: {e}", paths.ca.display())));
         }
@@ -243,6 +301,7 @@ impl TlsMaterial {
         TrustPolicy {
             roots: self.roots.clone(),
             crls: self.crls.clone(),
+            crl_expired: self.crl_expired,
         }
     }
 

@@ -14,7 +14,7 @@ pub mod reject;
 pub mod verifier;
 
 pub use configs::{SniResolver, TlsConfigs};
-pub use material::{CertInfo, TlsError, TlsMaterial, MAX_PEM_FILE};
+pub use material::{CertInfo, CrlFile, TlsError, TlsMaterial, MAX_PEM_FILE};
 pub use reject::{Direction, RejectReason, Rejection, RejectionLog};
 pub use verifier::{rejection_of, rejection_of_tls, ClientCert, MeshVerifier, TrustPolicy};
 

@@ -29,6 +29,11 @@ pub enum RejectReason {
     Expired,
     /// Listed in a loaded CRL.
     Revoked,
+    /// The CRL of the certificate's issuer is past its nextUpdate (and
+    /// `tls.crl_expired = "refuse"`).
+    CrlExpired,
+    /// A CRL of the issuer is loaded but none covers the certificate.
+    RevocationUnknown,
     /// Valid certificate, but no name in it is a topology member.
     NotInTopology,
     /// The certificate (or hello) names someone other than expected.
@@ -53,6 +58,8 @@ impl RejectReason {
             RejectReason::UnknownCa => "unknown-ca",
             RejectReason::Expired => "expired",
             RejectReason::Revoked => "revoked",
+            RejectReason::CrlExpired => "crl-expired",
+            RejectReason::RevocationUnknown => "revocation-unknown",
             RejectReason::NotInTopology => "not-in-topology",
             RejectReason::NameMismatch => "name-mismatch",
             RejectReason::BadEku => "bad-eku",
@@ -74,6 +81,8 @@ impl RejectReason {
                     RejectReason::Expired
                 }
                 C::Revoked => RejectReason::Revoked,
+                C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => RejectReason::CrlExpired,
+                C::UnknownRevocationStatus => RejectReason::RevocationUnknown,
                 C::NotValidForName | C::NotValidForNameContext { .. } => RejectReason::NameMismatch,
                 C::InvalidPurpose | C::InvalidPurposeContext { .. } => RejectReason::BadEku,
                 _ => RejectReason::BadCert,
@@ -235,6 +244,14 @@ mod tests {
             (E::InvalidCertificate(CertificateError::Expired), "expired"),
             (E::InvalidCertificate(CertificateError::NotValidYet), "expired"),
             (E::InvalidCertificate(CertificateError::Revoked), "revoked"),
+            (
+                E::InvalidCertificate(CertificateError::ExpiredRevocationList),
+                "crl-expired",
+            ),
+            (
+                E::InvalidCertificate(CertificateError::UnknownRevocationStatus),
+                "revocation-unknown",
+            ),
             (
                 E::InvalidCertificate(CertificateError::NotValidForName),
                 "name-mismatch",

@@ -20,6 +20,7 @@ use sipmesh_state::Topology;
 
 use super::material::{provider, CertInfo, TlsError, TlsMaterial};
 use super::reject::{RejectReason, Rejection};
+use crate::config::CrlExpired;
 
 /// Whether a server verifier demands a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,42 +31,268 @@ pub enum ClientCert {
     Optional,
 }
 
-/// Who is trusted: anchors and revocation lists. Every webpki verifier is
-/// built here, so the revocation rules are the same on every door (the Edge
-/// builds one per partner CA).
+/// Who is trusted: anchors and revocation lists, and what an expired CRL
+/// means. Every webpki verifier is built here, so the revocation rules are
+/// the same on every door (the Edge builds one per partner CA).
+///
+/// Revocation rules:
+/// - Only the end entity is checked against the CRLs (the anchors are
+///   configured by hand; intermediates are trusted by their anchor).
+/// - A CRL past its nextUpdate is an error (`crl-expired`) unless
+///   `crl_expired` is [`CrlExpired::Warn`].
+/// - Unknown revocation status (no loaded CRL is authoritative for the
+///   certificate) is accepted only when no loaded CRL has the certificate's
+///   issuer: that CA publishes no CRL here, so there is nothing to check
+///   against, and refusing would lock out every peer of a CA that simply has
+///   no CRL. When a CRL of that issuer is loaded but does not cover the
+///   certificate (a partitioned CRL, a distribution point we lack), the
+///   status is unknown where it should be known, and the peer is refused
+///   (`revocation-unknown`).
 #[derive(Clone, Debug)]
 pub struct TrustPolicy {
     /// Trust anchors.
     pub roots: Arc<RootCertStore>,
     /// Revocation lists.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Refuse or accept peers whose CRL has expired.
+    pub crl_expired: CrlExpired,
 }
 
 impl TrustPolicy {
-    // The CRL is issued per CA for its leaves; a missing CRL for some CA must
-    // not lock every peer out, so unknown status is allowed.
+    /// The raw issuer names of the loaded CRLs (unparsable CRLs were refused
+    /// at load; here they simply name nobody).
+    fn crl_issuers(&self) -> Vec<Vec<u8>> {
+        self.crls
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_crl(c).ok())
+            .map(|(_, crl)| crl.tbs_cert_list.issuer.as_raw().to_vec())
+            .collect()
+    }
+
+    fn revocation(&self) -> Revocation {
+        Revocation {
+            crl_issuers: self.crl_issuers(),
+            crl_expired: self.crl_expired,
+        }
+    }
 
     /// A verifier of client certificates.
     pub fn client_verifier(&self, mode: ClientCert) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-        let builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .with_crls(self.crls.clone())
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status();
-        let builder = match mode {
-            ClientCert::Required => builder,
-            ClientCert::Optional => builder.allow_unauthenticated(),
+        let build = |allow_unknown: bool| {
+            let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+                .with_crls(self.crls.clone())
+                .only_check_end_entity_revocation();
+            if allow_unknown {
+                builder = builder.allow_unknown_revocation_status();
+            }
+            if self.crl_expired == CrlExpired::Refuse {
+                builder = builder.enforce_revocation_expiration();
+            }
+            if mode == ClientCert::Optional {
+                builder = builder.allow_unauthenticated();
+            }
+            builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
         };
-        builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
+        Ok(Arc::new(PolicyClientVerifier {
+            strict: build(false)?,
+            lenient: build(true)?,
+            revocation: self.revocation(),
+        }))
     }
 
     /// A verifier of server certificates (the name is checked by webpki).
-    pub fn server_verifier(&self) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
-        WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .with_crls(self.crls.clone())
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))
+    pub fn server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+        let build = |allow_unknown: bool| {
+            let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+                .with_crls(self.crls.clone())
+                .only_check_end_entity_revocation();
+            if allow_unknown {
+                builder = builder.allow_unknown_revocation_status();
+            }
+            if self.crl_expired == CrlExpired::Refuse {
+                builder = builder.enforce_revocation_expiration();
+            }
+            builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
+        };
+        Ok(Arc::new(PolicyServerVerifier {
+            strict: build(false)?,
+            lenient: build(true)?,
+            revocation: self.revocation(),
+        }))
+    }
+}
+
+/// The revocation decisions webpki cannot make per CA.
+#[derive(Debug)]
+struct Revocation {
+    crl_issuers: Vec<Vec<u8>>,
+    crl_expired: CrlExpired,
+}
+
+impl Revocation {
+    /// Judge the strict verifier's verdict on `leaf`; `lenient` re-verifies
+    /// accepting unknown revocation status.
+    fn judge<T>(
+        &self,
+        leaf: &CertificateDer<'_>,
+        strict: Result<T, rustls::Error>,
+        lenient: impl FnOnce() -> Result<T, rustls::Error>,
+    ) -> Result<T, rustls::Error> {
+        use CertificateError as C;
+        let Err(rustls::Error::InvalidCertificate(err)) = &strict else {
+            return strict;
+        };
+        match err {
+            C::UnknownRevocationStatus => {
+                let parsed = x509_parser::parse_x509_certificate(leaf).ok();
+                let issuer = parsed.as_ref().map(|(_, c)| c.tbs_certificate.issuer.as_raw());
+                let has_crl = issuer.is_some_and(|i| self.crl_issuers.iter().any(|c| c.as_slice() == i));
+                if has_crl {
+                    Err(reject(
+                        RejectReason::RevocationUnknown,
+                        presented(leaf),
+                        format!(
+                            "a CRL of the issuer {} is loaded but none covers this certificate",
+                            parsed.map(|(_, c)| c.issuer().to_string()).unwrap_or_default()
+                        ),
+                    ))
+                } else {
+                    // This CA has no CRL configured: nothing to check against.
+                    lenient()
+                }
+            }
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => {
+                let when = match err {
+                    C::ExpiredRevocationListContext { next_update, .. } => {
+                        let t = time::OffsetDateTime::UNIX_EPOCH
+                            + time::Duration::seconds(next_update.as_secs().min(i64::MAX as u64) as i64);
+                        format!(" at nextUpdate {}", crate::rfc3339(t))
+                    }
+                    _ => String::new(),
+                };
+                Err(reject(
+                    RejectReason::CrlExpired,
+                    presented(leaf),
+                    format!(
+                        "the CRL of this certificate's issuer expired{when}; refused because tls.crl_expired = \"{}\"",
+                        self.crl_expired.as_str()
+                    ),
+                ))
+            }
+            _ => strict,
+        }
+    }
+}
+
+fn presented(leaf: &CertificateDer<'_>) -> Option<String> {
+    CertInfo::parse(leaf).ok().and_then(|i| i.presented_name())
+}
+
+/// webpki's client verifier under the [`TrustPolicy`] revocation rules.
+#[derive(Debug)]
+struct PolicyClientVerifier {
+    strict: Arc<dyn ClientCertVerifier>,
+    lenient: Arc<dyn ClientCertVerifier>,
+    revocation: Revocation,
+}
+
+impl ClientCertVerifier for PolicyClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.strict.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.strict.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.strict.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.revocation.judge(
+            end_entity,
+            self.strict.verify_client_cert(end_entity, intermediates, now),
+            || self.lenient.verify_client_cert(end_entity, intermediates, now),
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.strict.supported_verify_schemes()
+    }
+}
+
+/// webpki's server verifier under the [`TrustPolicy`] revocation rules.
+#[derive(Debug)]
+struct PolicyServerVerifier {
+    strict: Arc<WebPkiServerVerifier>,
+    lenient: Arc<WebPkiServerVerifier>,
+    revocation: Revocation,
+}
+
+impl ServerCertVerifier for PolicyServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.revocation.judge(
+            end_entity,
+            self.strict
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            || {
+                self.lenient
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            },
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.strict.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.strict.supported_verify_schemes()
     }
 }
 
@@ -73,7 +300,7 @@ impl TrustPolicy {
 #[derive(Debug)]
 pub struct MeshVerifier {
     webpki_client: Arc<dyn ClientCertVerifier>,
-    webpki_server: Arc<WebPkiServerVerifier>,
+    webpki_server: Arc<dyn ServerCertVerifier>,
     topology: Arc<ArcSwap<Topology>>,
 }
 
@@ -120,11 +347,11 @@ fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) 
     }))))
 }
 
-/// Re-tag a webpki error with our reason and the presented name.
+/// Re-tag a webpki error with our reason and the presented name (keeping a
+/// [`Rejection`] the policy verifier already made).
 fn classify_webpki(err: rustls::Error, end_entity: &CertificateDer<'_>) -> rustls::Error {
-    let presented = CertInfo::parse(end_entity).ok().and_then(|i| i.presented_name());
-    let reason = RejectReason::from_rustls(&err);
-    reject(reason, presented, err.to_string())
+    let r = rejection_of_tls(&err);
+    reject(r.reason, r.presented_name.or_else(|| presented(end_entity)), r.detail)
 }
 
 impl ClientCertVerifier for MeshVerifier {
@@ -260,5 +487,121 @@ pub fn rejection_of(err: &std::io::Error) -> Option<Rejection> {
             presented_name: None,
             detail: tls.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+        Issuer, KeyIdMethod, KeyPair, SerialNumber,
+    };
+    use time::{Duration, OffsetDateTime};
+
+    struct Ca {
+        cert: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, name: &str) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn crl(ca: &Ca, next_update: OffsetDateTime) -> CertificateRevocationListDer<'static> {
+        let params = CertificateRevocationListParams {
+            this_update: next_update - Duration::days(1),
+            next_update,
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&ca.issuer).unwrap().der().clone()
+    }
+
+    fn policy(cas: &[&Ca], crls: Vec<CertificateRevocationListDer<'static>>, crl_expired: CrlExpired) -> TrustPolicy {
+        let mut roots = RootCertStore::empty();
+        for ca in cas {
+            roots.add(ca.cert.clone()).unwrap();
+        }
+        TrustPolicy {
+            roots: Arc::new(roots),
+            crls,
+            crl_expired,
+        }
+    }
+
+    /// The reason a client certificate is refused with, or None when accepted.
+    fn verdict(policy: &TrustPolicy, cert: &CertificateDer<'_>) -> Option<&'static str> {
+        let client = policy.client_verifier(ClientCert::Required).unwrap();
+        let server = policy.server_verifier().unwrap();
+        let name = ServerName::try_from("fe2.contoso.test").unwrap();
+        let as_client = client.verify_client_cert(cert, &[], UnixTime::now()).err();
+        let as_server = server.verify_server_cert(cert, &[], &name, &[], UnixTime::now()).err();
+        let reason = |e: Option<rustls::Error>| e.map(|e| rejection_of_tls(&e).reason.as_str());
+        let (c, s) = (reason(as_client), reason(as_server));
+        assert_eq!(c, s, "client and server verifiers disagree");
+        c
+    }
+
+    #[test]
+    fn expired_crl_is_refused_or_warned_per_policy() {
+        let a = ca("CA A");
+        let peer = leaf(&a, "fe2.contoso.test");
+        let now = OffsetDateTime::now_utc();
+        let stale = vec![crl(&a, now - Duration::hours(1))];
+        let fresh = vec![crl(&a, now + Duration::days(7))];
+        assert_eq!(
+            verdict(&policy(&[&a], stale.clone(), CrlExpired::Refuse), &peer),
+            Some("crl-expired")
+        );
+        assert_eq!(verdict(&policy(&[&a], stale, CrlExpired::Warn), &peer), None);
+        assert_eq!(verdict(&policy(&[&a], fresh, CrlExpired::Refuse), &peer), None);
+        // The detail says what happened and why it was refused.
+        let p = policy(&[&a], vec![crl(&a, now - Duration::hours(1))], CrlExpired::Refuse);
+        let err = p
+            .client_verifier(ClientCert::Required)
+            .unwrap()
+            .verify_client_cert(&peer, &[], UnixTime::now())
+            .unwrap_err();
+        let r = rejection_of_tls(&err);
+        assert_eq!(r.presented_name.as_deref(), Some("fe2.contoso.test"));
+        assert!(r.detail.contains("expired at nextUpdate"), "{}", r.detail);
+        assert!(r.detail.contains("tls.crl_expired = \"refuse\""), "{}", r.detail);
+    }
+
+    #[test]
+    fn unknown_status_is_allowed_only_for_a_ca_without_a_crl() {
+        let (a, b) = (ca("CA A"), ca("CA B"));
+        let now = OffsetDateTime::now_utc();
+        // Only A publishes a CRL: B's peers have unknown status, accepted
+        // (nothing to check against); A's peers are checked.
+        let p = policy(&[&a, &b], vec![crl(&a, now + Duration::days(7))], CrlExpired::Refuse);
+        assert_eq!(verdict(&p, &leaf(&a, "fe2.contoso.test")), None);
+        assert_eq!(verdict(&p, &leaf(&b, "fe2.contoso.test")), None);
+        // B's CRL expired: B's peers refused, A's unaffected.
+        let p = policy(
+            &[&a, &b],
+            vec![crl(&a, now + Duration::days(7)), crl(&b, now - Duration::hours(1))],
+            CrlExpired::Refuse,
+        );
+        assert_eq!(verdict(&p, &leaf(&a, "fe2.contoso.test")), None);
+        assert_eq!(verdict(&p, &leaf(&b, "fe2.contoso.test")), Some("crl-expired"));
     }
 }
