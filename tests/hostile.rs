@@ -465,3 +465,209 @@ async fn one_user_cannot_spend_every_transaction_byte() {
     });
     assert_eq!(s["sip"]["transaction_budget"]["bytes"], 0, "{s}");
 }
+
+// ------------------------------------------------------------ all at once
+
+/// RSS a node may grow by under the combined attack (it holds at most 100
+/// connections from the flooding host, the strangers waiting for their
+/// ClientHello deadline and the half bodies' buffers).
+const HOSTILE_RSS_GROWTH_KIB: u64 = 96 * 1024;
+
+/// A TLS connection to `addr` from `from`, or nothing (an attacker does not
+/// care why it failed).
+async fn attacker_tls(from: IpAddr, addr: SocketAddr, ca: &std::path::Path) -> Option<sipmesh::ua::ClientStream> {
+    let config = sipmesh::ua::client_config(ca, None).ok()?;
+    sipmesh::ua::connect_from(Some(from), addr, "127.0.0.1", config)
+        .await
+        .ok()
+}
+
+/// Every hole's attack at once against a 3-node cluster with its default
+/// limits, for a bounded time, while alice (fe1) keeps re-registering and
+/// messaging bob (fe3): every legitimate request gets its 200, every link
+/// stays up without a restart, and no node's RSS grows by more than
+/// [`HOSTILE_RSS_GROWTH_KIB`]. The attackers come from their own loopback
+/// addresses (127.0.N.x), as on a real network.
+#[tokio::test]
+async fn everything_at_once_leaves_legitimate_traffic_alone() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let cluster = sip_ua::sip_cluster(3);
+    let ca = ca_path(&cluster);
+    let nodes = cluster.info.nodes.clone();
+    let link_restarts = |c: &Cluster| -> Vec<u64> {
+        nodes
+            .iter()
+            .flat_map(|n| {
+                let rows = c.debug(&n.fqdn, "links");
+                let rows = rows.as_array().expect("links").clone();
+                for r in &rows {
+                    assert_eq!(r["state"], "up", "{} sees {r}", n.fqdn);
+                }
+                rows.iter().map(common::restarts).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let restarts_before = link_restarts(&cluster);
+    let rss_before: Vec<u64> = nodes.iter().map(|n| rss_kib(n.pid)).collect();
+    let fe1 = client_addr(&cluster, &common::fe(1));
+    let mut alice = Ua::connect(fe1, &ca, "alice", &password(&cluster, "alice")).await;
+    assert_eq!(alice.register(600).await.status(), Some(200));
+    let mut bob = Ua::connect(
+        client_addr(&cluster, &common::fe(3)),
+        &ca,
+        "bob",
+        &password(&cluster, "bob"),
+    )
+    .await;
+    assert_eq!(bob.register(600).await.status(), Some(200));
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut attacks = Vec::new();
+    // Hole 6: silent TCP connects to every mesh port, 10 from each of 30 IPs.
+    for n in &nodes {
+        let mesh = n.mesh();
+        for i in 0..30u8 {
+            let stop = stop.clone();
+            attacks.push(tokio::spawn(async move {
+                let mut held = Vec::new();
+                for _ in 0..10 {
+                    if let Ok(s) = tcp_from(ip(&format!("127.0.6.{}", i + 1)), mesh).await {
+                        held.push(s);
+                    }
+                }
+                while !stop.load(Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+    }
+    // Hole 7: 300 TLS connections from one host to fe1's client port.
+    {
+        let (stop, ca) = (stop.clone(), ca.clone());
+        attacks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..300 {
+                if let Some(s) = attacker_tls(ip("127.0.7.1"), fe1, &ca).await {
+                    held.push(s);
+                }
+            }
+            while !stop.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    // Hole 8: slow headers, and half-sent 128 KiB bodies, 20 of each.
+    for i in 0..20u8 {
+        let (slow_stop, slow_ca) = (stop.clone(), ca.clone());
+        attacks.push(tokio::spawn(async move {
+            let Some(mut s) = attacker_tls(ip(&format!("127.0.8.{}", i + 1)), fe1, &slow_ca).await else {
+                return;
+            };
+            for b in b"REGISTER sip:contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS x".iter() {
+                if slow_stop.load(Relaxed) || s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        }));
+        let (half_stop, half_ca) = (stop.clone(), ca.clone());
+        attacks.push(tokio::spawn(async move {
+            let Some(mut s) = attacker_tls(ip(&format!("127.0.9.{}", i + 1)), fe1, &half_ca).await else {
+                return;
+            };
+            let head = format!(
+                "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.9.{n}:5999;branch=z9hG4bK-half{i}\r\n\
+                 From: <sip:mallory@{DOMAIN}>;tag=m\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: half-{i}\r\n\
+                 CSeq: 1 MESSAGE\r\nContent-Length: {}\r\n\r\n",
+                128 * 1024,
+                n = i + 1
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&vec![b'x'; 64 * 1024]).await;
+            let _ = s.flush().await;
+            while !half_stop.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    // Holes 1-5: pipelined wrong credentials, forged ACKs with a spoofed
+    // P-Asserted-Identity, from a stranger that never authenticates.
+    {
+        let ca = ca.clone();
+        attacks.push(tokio::spawn(async move {
+            let Some(mut s) = attacker_tls(ip("127.0.10.1"), fe1, &ca).await else {
+                return;
+            };
+            let mut burst = String::new();
+            for round in 0..50 {
+                burst.push_str(&format!(
+                    "ACK sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.10.1:5999;branch=z9hG4bK-ack{round}\r\n\
+                     From: <sip:alice@{DOMAIN}>;tag=f\r\nTo: <sip:bob@{DOMAIN}>;tag=b\r\nCall-ID: forged-{round}\r\n\
+                     CSeq: 1 ACK\r\nP-Asserted-Identity: <sip:alice@{DOMAIN}>\r\nContent-Length: 0\r\n\r\n\
+                     REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.10.1:5999;branch=z9hG4bK-reg{round}\r\n\
+                     From: <sip:carol@{DOMAIN}>;tag=c\r\nTo: <sip:carol@{DOMAIN}>\r\nCall-ID: guess-{round}\r\n\
+                     CSeq: {round} REGISTER\r\nAuthorization: Digest username=\"carol\", realm=\"{DOMAIN}\", \
+                     nonce=\"x\", uri=\"sip:{DOMAIN}\", response=\"00\"\r\nContent-Length: 0\r\n\r\n"
+                ));
+            }
+            let _ = s.write_all(burst.as_bytes()).await;
+            let _ = s.flush().await;
+            let mut sink = vec![0u8; 64 * 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut sink)).await;
+        }));
+    }
+
+    // The legitimate traffic, 40 rounds (about 10 s): a MESSAGE to bob every
+    // round, a re-REGISTER every 8th.
+    let mut delivered = 0;
+    for round in 0..40 {
+        if round % 8 == 7 {
+            let r = alice.register(600).await;
+            assert_eq!(r.status(), Some(200), "re-REGISTER in round {round}: {}", text(&r));
+        }
+        let body = format!("round {round}");
+        let sent = alice
+            .request("MESSAGE", &format!("sip:bob@{DOMAIN}"), &[], body.as_bytes())
+            .await;
+        let got = bob.recv_request_method("MESSAGE", WAIT).await;
+        assert_eq!(got.body.as_ref(), body.as_bytes(), "only alice's MESSAGEs reach bob");
+        assert!(got.header(HeaderName::ProxyAuthorization).is_none(), "{}", text(&got));
+        assert!(got.other_header("P-Asserted-Identity").is_none(), "{}", text(&got));
+        bob.respond(&got, 200, "OK", &[], b"").await;
+        let (_, fin) = alice.final_response(&sent, WAIT).await;
+        assert_eq!(fin.status(), Some(200), "round {round}: {}", text(&fin));
+        delivered += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(delivered, 40);
+    stop.store(true, Relaxed);
+    for a in attacks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
+    }
+    // Nothing forged ever reached bob.
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    assert_eq!(
+        link_restarts(&cluster),
+        restarts_before,
+        "every link up, none restarted"
+    );
+    for (n, before) in nodes.iter().zip(rss_before) {
+        let after = rss_kib(n.pid);
+        assert!(
+            after.saturating_sub(before) < HOSTILE_RSS_GROWTH_KIB,
+            "{} RSS {before} -> {after} KiB",
+            n.fqdn
+        );
+    }
+    // The attacks were seen and refused, by reason, at fe1: the flooding
+    // host's 200 connections over its 100, the 50 forged ACKs (dropped, their
+    // P-Asserted-Identity removed), the 50 guesses on a nonce never issued.
+    let st = status(&cluster);
+    assert_eq!(st["accept"]["client"]["refused"]["source-limit"], 200, "{st}");
+    assert_eq!(st["sip"]["refusals"]["ack_unauthenticated"], 50, "{st}");
+    assert_eq!(st["sip"]["identity_headers_removed"], 50, "{st}");
+    assert_eq!(st["sip"]["auth"]["bad_nonce"], 50, "{st}");
+    assert_eq!(st["sip"]["transactions"]["MESSAGE"]["200"], 40, "{st}");
+    assert_eq!(st["sip"]["transaction_budget"]["bytes"], 0, "{st}");
+}
