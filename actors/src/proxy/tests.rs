@@ -458,7 +458,6 @@ async fn a_message_forks_and_the_first_answer_wins() {
     assert_eq!(live(p), (0, 0));
 }
 
-mod auth;
 #[tokio::test(start_paused = true)]
 async fn only_the_hop_that_sent_an_invite_can_cancel_it() {
     let n = node(SipConfig::default());
@@ -564,3 +563,38 @@ async fn identity_is_asserted_to_clients_only_when_configured_and_not_withheld()
         assert_eq!(p.stats()["identity_headers_removed"], 1);
     }
 }
+
+/// A CANCEL we pass on keeps its Reason: the node holding a forked branch's
+/// flow gets the forking node's "Call completed elsewhere" CANCEL over the
+/// mesh and must not drop the Reason on the way to the phone (seen with
+/// baresip: the losing phone's CANCEL had none).
+#[tokio::test(start_paused = true)]
+async fn a_cancel_passes_its_reason_on_to_the_branches() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut bob) = (Client::open(p, "alice"), Client::open(p, "bob"));
+    register(p, &mut bob, "bob");
+    alice.send(p, &invite("z9hG4bK-cancel-reason"));
+    assert_eq!(lines(&alice.received()), ["100"]);
+    assert_eq!(lines(&bob.received()), ["INVITE"]);
+    alice.send(
+        p,
+        &format!(
+            "CANCEL sip:bob@contoso.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:40001;branch=z9hG4bK-cancel-reason\r\n\
+             From: <sip:alice@contoso.test>;tag=a\r\nTo: <sip:bob@contoso.test>\r\nCall-ID: z9hG4bK-cancel-reason\r\n\
+             CSeq: 1 CANCEL\r\nReason: {COMPLETED_ELSEWHERE}\r\nContent-Length: 0\r\n\r\n"
+        ),
+    );
+    assert_eq!(lines(&alice.received()), ["200"], "the CANCEL is answered hop by hop");
+    let cancel = bob.received();
+    assert_eq!(lines(&cancel), ["CANCEL"]);
+    assert_eq!(
+        cancel[0]
+            .other_header("Reason")
+            .map(|h| h.value_str().to_owned())
+            .as_deref(),
+        Some(COMPLETED_ELSEWHERE)
+    );
+}
+
+mod auth;

@@ -495,7 +495,8 @@ impl Proxy {
     }
 
     /// A CANCEL: 200 here when it matches a live INVITE, then a CANCEL of our
-    /// own down every live branch (no group is started after it); 481 otherwise.
+    /// own (with its Reason) down every live branch (no group is started
+    /// after it); 481 otherwise.
     pub(super) fn on_cancel(&self, msg: SipMessage, source: Source) {
         let Some(key) = server_key(&msg) else { return };
         let found = {
@@ -522,8 +523,12 @@ impl Proxy {
             return self.reject(&source, &msg, SipReject::NoTransaction);
         };
         self.respond(&source, &msg, 200, "OK", vec![]);
+        // Our CANCEL carries the Reason of the one we got (RFC 3326), so a
+        // phone a fork CANCELled from another node still learns "Call
+        // completed elsewhere".
+        let reason = msg.other_header("Reason").map(|h| h.value_str().to_owned());
         for hop in &hops {
-            self.send_cancel(hop, None);
+            self.send_cancel(hop, reason.as_deref());
         }
     }
 
