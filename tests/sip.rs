@@ -12,16 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::{fe, kill_sipmesh_pid, pid_alive, tail, ProcGuard};
 use sip_ua::{
-    ca_path, client_addr, cseq, find_registration, first_line, hdr, password, reason, registration, request_uri,
+    aor, ca_path, client_addr, cseq, find_registration, first_line, hdr, password, reason, registration, request_uri,
     sip_cluster, text, Dialog, Ua, DOMAIN, WAIT,
 };
 use sipmesh::pki::IssueOptions;
 use sipmesh_actors::proxy::home::home;
 use sipmesh_actors::sip::{Header, HeaderName, SipMessage};
-
-fn aor(user: &str) -> String {
-    format!("sip:{user}@{DOMAIN}")
-}
 
 /// `user` connected to node `n` and registered (asserting 401 then 200).
 async fn registered(cluster: &common::Cluster, user: &str, n: usize) -> Ua {

@@ -17,28 +17,11 @@ use std::time::{Duration, Instant};
 
 use common::fe;
 use sip_ua::{
-    ca_path, challenge_param, client_addr, password, reason, registration, sip_cluster, text, Ua, DOMAIN, WAIT,
+    aor, ca_path, challenge_param, client_addr, password, reason, registered, registration, sip_cluster, text, Ua,
+    DOMAIN, WAIT,
 };
 use sipmesh_actors::auth::{authorization_header, digest_response, ha1, Algorithm};
 use sipmesh_actors::sip::{HeaderName, SipMessage};
-
-fn aor(user: &str) -> String {
-    format!("sip:{user}@{DOMAIN}")
-}
-
-/// `user` connected to node `n` and registered.
-async fn registered(cluster: &common::Cluster, user: &str, n: usize) -> Ua {
-    let mut ua = Ua::connect(
-        client_addr(cluster, &fe(n)),
-        &ca_path(cluster),
-        user,
-        &password(cluster, user),
-    )
-    .await;
-    let ok = ua.register(600).await;
-    assert_eq!(ok.status(), Some(200), "{user} REGISTER at fe{n}: {}", text(&ok));
-    ua
-}
 
 /// A fresh, unauthenticated connection to node `n` claiming to be `user`.
 async fn connect(cluster: &common::Cluster, user: &str, n: usize) -> Ua {

@@ -15,30 +15,12 @@ mod sip_ua;
 use std::time::Duration;
 
 use common::{fe, kill_sipmesh_pid, pid_alive, tail, ProcGuard};
-use sip_ua::{ca_path, client_addr, password, reason, request_uri, sip_cluster, text, Dialog, Ua, DOMAIN, WAIT};
+use sip_ua::{aor, ca_path, client_addr, reason, registered, request_uri, sip_cluster, text, Dialog, Ua, WAIT};
 use sipmesh_actors::proxy::home::home;
 use sipmesh_actors::sip::{HeaderName, SipMessage};
 
 /// How long "nothing arrives" is watched for.
 const SILENCE: Duration = Duration::from_millis(500);
-
-fn aor(user: &str) -> String {
-    format!("sip:{user}@{DOMAIN}")
-}
-
-/// `user` connected to node `n` and registered.
-async fn registered(cluster: &common::Cluster, user: &str, n: usize) -> Ua {
-    let mut ua = Ua::connect(
-        client_addr(cluster, &fe(n)),
-        &ca_path(cluster),
-        user,
-        &password(cluster, user),
-    )
-    .await;
-    let ok = ua.register(600).await;
-    assert_eq!(ok.status(), Some(200), "{user} REGISTER at fe{n}: {}", text(&ok));
-    ua
-}
 
 /// A connection to node `n` that never authenticates.
 async fn stranger(cluster: &common::Cluster, n: usize) -> Ua {

@@ -51,6 +51,25 @@ pub fn sip_cluster(n: usize) -> Cluster {
 }
 
 /// The demo password of `user` (e.g. "alice") from `cluster.json`.
+/// `sip:USER@DOMAIN`.
+pub fn aor(user: &str) -> String {
+    format!("sip:{user}@{DOMAIN}")
+}
+
+/// `user` connected to node `n` of `cluster` and registered (200).
+pub async fn registered(cluster: &Cluster, user: &str, n: usize) -> Ua {
+    let mut ua = Ua::connect(
+        client_addr(cluster, &common::fe(n)),
+        &ca_path(cluster),
+        user,
+        &password(cluster, user),
+    )
+    .await;
+    let ok = ua.register(600).await;
+    assert_eq!(ok.status(), Some(200), "{user} REGISTER at fe{n}: {}", text(&ok));
+    ua
+}
+
 pub fn password(cluster: &Cluster, user: &str) -> String {
     let aor = format!("sip:{user}@{DOMAIN}");
     cluster
