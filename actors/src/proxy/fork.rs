@@ -5,7 +5,7 @@
 //! failed the next q group is tried, and when none is left the best response
 //! goes upstream ([`rank`]; a 6xx ends the fork).
 
-use super::txn::Hop;
+use super::txn::{Group, Hop};
 use super::{server_key, Proxy, Source};
 use crate::sip::{HeaderName, Method, SipMessage};
 
@@ -91,7 +91,17 @@ impl Proxy {
         match after {
             After::Nothing => {}
             After::NextGroup => {
-                let group = self.txns().server.get_mut(key).and_then(|st| st.later.pop());
+                let group = self.txns().server.get_mut(key).and_then(|st| {
+                    let targets = st.later.pop()?;
+                    let f = st.fork.as_ref()?;
+                    Some(Group {
+                        targets,
+                        base: st.request.clone(),
+                        source: st.source.clone(),
+                        origin: f.origin.clone(),
+                        hash: f.hash.clone(),
+                    })
+                });
                 if let Some(g) = group {
                     self.start_group(key, g);
                 }

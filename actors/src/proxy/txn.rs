@@ -59,15 +59,25 @@ pub(super) struct ServerTxn {
     pub(super) best: Option<SipMessage>,
     /// A 2xx went upstream, or the request was CANCELled: no new branches.
     pub(super) settled: bool,
-    /// What each new branch is built from.
+    /// What the branches of later q groups are built from (with `request`);
+    /// `None` when the first group is the only one.
     pub(super) fork: Option<ForkBase>,
 }
 
-/// The request as routed, before per-branch changes, to start later groups.
+/// Who a later group's branches are from, and the loop hash of our Via.
 pub(super) struct ForkBase {
-    msg: SipMessage,
-    origin: Origin,
-    hash: String,
+    pub(super) origin: Origin,
+    pub(super) hash: String,
+}
+
+/// One group of branches to start, and what they are built from.
+pub(super) struct Group {
+    pub(super) targets: Vec<Target>,
+    /// The request as routed (moved into the last branch, cloned for the others).
+    pub(super) base: SipMessage,
+    pub(super) source: Source,
+    pub(super) origin: Origin,
+    pub(super) hash: String,
 }
 
 /// What a hop-by-hop request (CANCEL, ACK for a non-2xx) for a forwarded
@@ -241,6 +251,7 @@ impl Proxy {
             return self.reject(&source, &msg, SipReject::Unavailable);
         };
         groups.reverse(); // popped from the end: lower q last
+        let groups_empty = groups.is_empty();
         {
             let mut t = self.txns();
             if t.server.len() >= MAX_TRANSACTIONS {
@@ -272,10 +283,10 @@ impl Proxy {
                     later: groups,
                     best: None,
                     settled: false,
-                    fork: Some(ForkBase {
-                        msg: msg.clone(),
-                        origin,
-                        hash,
+                    // Only later groups need these again: one request, one copy.
+                    fork: (!groups_empty).then(|| ForkBase {
+                        origin: origin.clone(),
+                        hash: hash.clone(),
                     }),
                     charge: Some(charge),
                 },
@@ -284,21 +295,37 @@ impl Proxy {
         if msg.method() == Some(&Method::Invite) {
             self.respond(&source, &msg, 100, "Trying", vec![]);
         }
-        self.start_group(&key, first);
+        let group = Group {
+            targets: first,
+            base: msg,
+            source,
+            origin,
+            hash,
+        };
+        self.start_group(&key, group);
     }
 
     /// Send one branch per target; a target that cannot be reached counts
     /// as that branch's failure.
-    pub(super) fn start_group(&self, key: &str, group: Vec<Target>) {
-        let Some((source, base, origin, hash)) = self.txns().server.get(key).and_then(|st| {
-            let f = st.fork.as_ref()?;
-            Some((st.source.clone(), f.msg.clone(), f.origin.clone(), f.hash.clone()))
-        }) else {
-            return;
-        };
+    pub(super) fn start_group(&self, key: &str, group: Group) {
+        let Group {
+            targets,
+            base,
+            source,
+            origin,
+            hash,
+        } = group;
+        let last = targets.len().saturating_sub(1);
+        let (mut base, mut origin) = (Some(base), Some(origin));
         let mut failed = Vec::new();
-        for target in group {
-            let mut msg = base.clone();
+        for (i, target) in targets.into_iter().enumerate() {
+            // The last branch takes the request itself: one branch, no copy.
+            let (mut msg, origin) = if i == last {
+                (base.take().expect("taken once, by the last branch"), origin.take())
+            } else {
+                (base.clone().expect("present until the last branch"), origin.clone())
+            };
+            let origin = origin.expect("present until the last branch");
             if !target.contact.is_empty() {
                 if let StartLine::Request { uri, .. } = &mut msg.start {
                     uri.clone_from(&target.contact);
@@ -328,7 +355,7 @@ impl Proxy {
                     &Hop {
                         forwarded: msg,
                         next: target.next,
-                        origin: origin.clone(),
+                        origin,
                     },
                     None,
                 );
@@ -344,7 +371,7 @@ impl Proxy {
                     hop: Hop {
                         forwarded: msg,
                         next: target.next,
-                        origin: origin.clone(),
+                        origin,
                     },
                     provisional: false,
                     accepted: false,
