@@ -888,3 +888,44 @@ async fn subscribe_notify_and_unknown_methods_cross_the_mesh() {
     let (_, r) = bob.final_response(&notify, WAIT).await;
     assert_eq!(r.status(), Some(200), "{}", text(&r));
 }
+
+/// Sequential forking by q-value through the mesh (RFC 3261 §16.6 step
+/// 11): bob's desk phone (q=1, fe3) rings first; only when it declines
+/// does his mobile (q=0.5, fe2) ring and take the call.
+#[tokio::test]
+async fn q_values_ring_bobs_devices_in_turn() {
+    let cluster = sip_cluster(3);
+    let mut alice = sip_ua::registered(&cluster, "alice", 1).await;
+    let mut desk = sip_ua::registered(&cluster, "bob", 3).await;
+    let mut mobile = sip_ua::registered(&cluster, "bob", 2).await;
+    let lower = format!("<{}>;q=0.5", mobile.contact_uri());
+    let r = mobile.register_with(Some(&lower), Some("600")).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+
+    let invite = alice.request("INVITE", &aor("bob"), &[], b"").await;
+    let at_desk = desk.recv_request_method("INVITE", WAIT).await;
+    assert_eq!(request_uri(&at_desk), desk.contact_uri());
+    mobile.expect_silence(Duration::from_millis(300)).await;
+    desk.respond(&at_desk, 480, "Temporarily Unavailable", &[], b"").await;
+    let at_mobile = mobile.recv_request_method("INVITE", WAIT).await;
+    assert_eq!(request_uri(&at_mobile), mobile.contact_uri());
+    let contact = format!("Contact: <{}>", mobile.contact_uri());
+    mobile.respond(&at_mobile, 200, "OK", &[contact], b"").await;
+    let (provisional, ok) = alice.final_response(&invite, WAIT).await;
+    assert_eq!(ok.status(), Some(200), "{}", text(&ok));
+    assert_eq!(
+        provisional.iter().filter_map(SipMessage::status).collect::<Vec<_>>(),
+        [100],
+        "the desk's 480 never reaches alice"
+    );
+    // The desk got the hop-by-hop ACK of its 480, and nothing else.
+    assert_eq!(
+        desk.recv_request_method("ACK", WAIT)
+            .await
+            .method()
+            .map(|m| m.to_string())
+            .as_deref(),
+        Some("ACK")
+    );
+    desk.expect_silence(Duration::from_millis(300)).await;
+}
