@@ -330,7 +330,11 @@ fn topology_command(command: TopologyCommand) -> anyhow::Result<ExitCode> {
         }
         TopologyCommand::Sign { file, key, out } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let topology = Topology::from_toml_str(signed::unsigned_content(&text))
+            // Partner anchors travel in the document: ca_file becomes ca_pem.
+            let base = file.parent().unwrap_or(std::path::Path::new("."));
+            let text = sipmesh_state::federation::embed_ca_files(signed::unsigned_content(&text), base)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; not signed", file.display()))?;
+            let topology = Topology::from_toml_str(&text)
                 .with_context(|| format!("{} is not a valid topology; not signed", file.display()))?;
             let key = AdminKey::load(&key)?;
             let out = out.unwrap_or(file);
@@ -364,7 +368,7 @@ fn topology_command(command: TopologyCommand) -> anyhow::Result<ExitCode> {
             let diff = TopologyDiff::between(&current, &new);
             println!("running v{} -> file v{}", current.version, new.version);
             if diff.is_empty() {
-                println!("no member changes");
+                println!("no changes");
             } else {
                 print!("{}", TopologyDiffView::from(diff).render());
             }

@@ -51,6 +51,9 @@ pub struct TopologyDiffView {
     pub removed: Vec<TrustedServer>,
     /// Changed members (old, new).
     pub changed: Vec<(TrustedServer, TrustedServer)>,
+    /// Federation policy changes, one line each.
+    #[serde(default)]
+    pub federation: Vec<String>,
 }
 
 impl From<TopologyDiff> for TopologyDiffView {
@@ -59,6 +62,7 @@ impl From<TopologyDiff> for TopologyDiffView {
             added: d.added,
             removed: d.removed,
             changed: d.changed,
+            federation: d.federation,
         }
     }
 }
@@ -91,6 +95,10 @@ impl TopologyDiffView {
                 what.push(format!("pool {:?} -> {:?}", o.pool, n.pool));
             }
             out += &format!("~ {}: {}\n", n.fqdn, what.join(", "));
+        }
+        for line in &self.federation {
+            out += line;
+            out.push('\n');
         }
         out
     }

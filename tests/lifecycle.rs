@@ -133,6 +133,8 @@ fn member(fqdn: &str) -> TrustedServer {
         mesh_addr: free_addr(),
         client_addr: free_addr(),
         pool: None,
+        federation_addr: None,
+        federation_fqdn: None,
     }
 }
 

@@ -65,6 +65,8 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             mesh_addr,
             client_addr,
             pool: None,
+            federation_addr: None,
+            federation_fqdn: None,
         });
         let config = NodeConfig {
             fqdn: fqdn.clone(),
@@ -97,6 +99,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                     .unwrap_or_else(|| SipConfig::default().digest_algorithms),
                 ..SipConfig::default()
             },
+            federation: None,
         };
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;

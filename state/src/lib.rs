@@ -17,12 +17,14 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod federation;
 pub mod fqdn;
 pub mod signed;
 pub mod store;
 pub mod topology;
 
 pub use binding::Binding;
+pub use federation::{DomainVerdict, Federation, Partner, PartnerMode};
 pub use fqdn::{Fqdn, FqdnError};
 pub use signed::{AdminKey, PublicKey, SignedError, SignedTopology};
 pub use store::{Store, StoreError};

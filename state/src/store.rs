@@ -129,7 +129,9 @@ impl Store {
     /// Like [`Store::put_topology`], also keeping the signed document it came
     /// from (so it can be replicated after a restart), in the same transaction.
     pub fn put_topology_signed(&self, topology: &Topology, signed: Option<&str>) -> Result<(), StoreError> {
-        let checked = Topology::new(topology.version, topology.members.clone()).map_err(StoreError::Invalid)?;
+        let checked = Topology::new(topology.version, topology.members.clone())
+            .and_then(|t| t.with_federation(topology.federation.clone()))
+            .map_err(StoreError::Invalid)?;
         let bytes = serde_json::to_vec(&checked).map_err(backend)?;
         let txn = self.db.begin_write().map_err(backend)?;
         {
@@ -318,6 +320,7 @@ fn read_version(
         return Err(corrupt(format!("entry carries version {}", decoded.version)));
     }
     Topology::new(decoded.version, decoded.members)
+        .and_then(|t| t.with_federation(decoded.federation))
         .map(Some)
         .map_err(|e| corrupt(e.to_string()))
 }
@@ -337,6 +340,8 @@ mod tests {
                 mesh_addr: format!("127.0.0.1:{}", 6001 + 2 * i).parse().unwrap(),
                 client_addr: format!("127.0.0.1:{}", 6000 + 2 * i).parse().unwrap(),
                 pool: None,
+                federation_addr: None,
+                federation_fqdn: None,
             })
             .collect();
         Topology::new(version, members).unwrap()
@@ -424,6 +429,7 @@ mod tests {
         let bad = Topology {
             version: 0,
             members: topology(1, &["fe1.contoso.test"]).members,
+            federation: Default::default(),
         };
         let err = store.put_topology(&bad).unwrap_err();
         assert_eq!(

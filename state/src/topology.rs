@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::federation::{self, Federation, RawFederation, RawPartner};
 use crate::fqdn::Fqdn;
 
 /// What a trusted server does in the mesh.
@@ -74,6 +75,12 @@ pub struct TrustedServer {
     /// The pool this server belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Fqdn>,
+    /// Edge only: the external listener partners dial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_addr: Option<SocketAddr>,
+    /// Edge only: the public name on its external certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_fqdn: Option<Fqdn>,
 }
 
 /// The published trusted-server set. Members sorted by fqdn.
@@ -83,6 +90,9 @@ pub struct Topology {
     pub version: u64,
     /// The members, sorted by fqdn.
     pub members: Vec<TrustedServer>,
+    /// Partners and blocked domains.
+    #[serde(default, skip_serializing_if = "Federation::is_empty")]
+    pub federation: Federation,
 }
 
 /// Why a topology could not be loaded.
@@ -144,6 +154,9 @@ struct RawTopology {
     version: Option<toml::Value>,
     #[serde(default)]
     member: Vec<RawMember>,
+    federation: Option<RawFederation>,
+    #[serde(default)]
+    partner: Vec<RawPartner>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +167,8 @@ struct RawMember {
     mesh_addr: Option<toml::Value>,
     client_addr: Option<toml::Value>,
     pool: Option<toml::Value>,
+    federation_addr: Option<toml::Value>,
+    federation_fqdn: Option<toml::Value>,
 }
 
 /// The `[[member]]` file form, for writing.
@@ -161,6 +176,15 @@ struct RawMember {
 struct TomlOut<'a> {
     version: u64,
     member: Vec<TomlMember<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation: Option<TomlFederation<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    partner: Vec<&'a federation::Partner>,
+}
+
+#[derive(Serialize)]
+struct TomlFederation<'a> {
+    blocked_domains: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -171,6 +195,10 @@ struct TomlMember<'a> {
     client_addr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation_addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation_fqdn: Option<&'a str>,
 }
 
 /// What the set-wide checks need of one member; fields that failed to
@@ -215,7 +243,14 @@ impl Issues {
 
 impl Topology {
     /// Parse and validate TOML; collects EVERY problem, not just the first.
+    /// Partner anchors must be embedded (`ca_pem`), as in a signed document.
     pub fn from_toml_str(text: &str) -> Result<Topology, TopologyError> {
+        Topology::from_toml_str_at(text, None)
+    }
+
+    /// [`Topology::from_toml_str`], reading a partner's `ca_file` relative to
+    /// `base` when given (an operator's file before signing).
+    pub fn from_toml_str_at(text: &str, base: Option<&Path>) -> Result<Topology, TopologyError> {
         let raw: RawTopology = toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string()))?;
         let mut issues = Issues::default();
 
@@ -267,6 +302,8 @@ impl Topology {
             let mesh_s = field("mesh_addr", &m.mesh_addr, true);
             let client_s = field("client_addr", &m.client_addr, true);
             let pool_s = field("pool", &m.pool, false);
+            let fed_addr_s = field("federation_addr", &m.federation_addr, false);
+            let fed_fqdn_s = field("federation_fqdn", &m.federation_fqdn, false);
 
             let fqdn = fqdn_s.and_then(|s| {
                 Fqdn::new(&s)
@@ -285,6 +322,37 @@ impl Topology {
             };
             let mesh_addr = addr("mesh_addr", mesh_s);
             let client_addr = addr("client_addr", client_s);
+            let federation_addr = addr("federation_addr", fed_addr_s.clone());
+            let federation_fqdn = fed_fqdn_s.clone().and_then(|s| {
+                Fqdn::new(&s)
+                    .map_err(|e| issues.member(i, label, format!("bad federation_fqdn: {e}")))
+                    .ok()
+            });
+            match role {
+                // An edge federates when it has a federation listener; the
+                // two keys come together.
+                Some(Role::Edge) => match (&fed_addr_s, &fed_fqdn_s) {
+                    (Some(_), None) => issues.member(
+                        i,
+                        label,
+                        "federation_addr without federation_fqdn (the name on its external certificate)".into(),
+                    ),
+                    (None, Some(_)) => issues.member(
+                        i,
+                        label,
+                        "federation_fqdn without federation_addr (the listener partners dial)".into(),
+                    ),
+                    _ => {}
+                },
+                Some(r) => {
+                    for (name, v) in [("federation_addr", &fed_addr_s), ("federation_fqdn", &fed_fqdn_s)] {
+                        if v.is_some() {
+                            issues.member(i, label, format!("{name} is for edges only, not a {r}"));
+                        }
+                    }
+                }
+                None => {}
+            }
             let pool_ok = match pool_s {
                 None => Ok(None),
                 Some(s) => Fqdn::new(&s).map(Some).map_err(|e| {
@@ -301,6 +369,8 @@ impl Topology {
                     mesh_addr,
                     client_addr,
                     pool,
+                    federation_addr: federation_addr.filter(|_| role == Role::Edge),
+                    federation_fqdn: federation_fqdn.clone().filter(|_| role == Role::Edge),
                 });
             }
             partials.push((
@@ -313,6 +383,12 @@ impl Topology {
             ));
         }
         check_set(&partials, &mut issues);
+        let mut problems = Vec::new();
+        let federation = federation::parse(raw.federation, raw.partner, base, &mut problems);
+        check_edges(&typed, &federation, &mut problems);
+        for p in problems {
+            issues.doc(p);
+        }
         issues.finish()?;
 
         // No issues: version is set and every member was fully typed.
@@ -321,6 +397,7 @@ impl Topology {
         Ok(Topology {
             version: version.unwrap_or_default(),
             members,
+            federation,
         })
     }
 
@@ -330,7 +407,7 @@ impl Topology {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        Topology::from_toml_str(&text)
+        Topology::from_toml_str_at(&text, path.parent())
     }
 
     /// Validate already-typed members (used after deserializing from the
@@ -359,7 +436,38 @@ impl Topology {
         check_set(&partials, &mut issues);
         issues.finish()?;
         members.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
-        Ok(Topology { version, members })
+        Ok(Topology {
+            version,
+            members,
+            federation: Federation::default(),
+        })
+    }
+
+    /// The same topology with `federation` as its policy, validated against
+    /// the members (used after deserializing from the store or the wire).
+    pub fn with_federation(mut self, federation: Federation) -> Result<Topology, TopologyError> {
+        let mut problems = Vec::new();
+        check_edges(&self.members, &federation, &mut problems);
+        if !problems.is_empty() {
+            return Err(TopologyError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|problem| TopologyIssue {
+                        member: None,
+                        fqdn: None,
+                        problem,
+                    })
+                    .collect(),
+            ));
+        }
+        self.federation = federation;
+        Ok(self)
+    }
+
+    /// The edges that serve federation (those with a federation listener;
+    /// all in one pool).
+    pub fn federation_edges(&self) -> impl Iterator<Item = &TrustedServer> {
+        self.members.iter().filter(|m| m.federation_addr.is_some())
     }
 
     /// The `[[member]]` TOML file form; round-trips through
@@ -376,8 +484,14 @@ impl Topology {
                     mesh_addr: m.mesh_addr.to_string(),
                     client_addr: m.client_addr.to_string(),
                     pool: m.pool.as_ref().map(Fqdn::as_str),
+                    federation_addr: m.federation_addr.map(|a| a.to_string()),
+                    federation_fqdn: m.federation_fqdn.as_ref().map(Fqdn::as_str),
                 })
                 .collect(),
+            federation: (!self.federation.blocked_domains.is_empty()).then(|| TomlFederation {
+                blocked_domains: &self.federation.blocked_domains,
+            }),
+            partner: self.federation.partners.iter().collect(),
         };
         // Only strings and an integer: serialization cannot fail.
         toml::to_string(&out).expect("topology serializes to TOML")
@@ -393,6 +507,28 @@ impl Topology {
     /// Whether `fqdn` (case-insensitive) is a member.
     pub fn contains(&self, fqdn: &str) -> bool {
         self.member(fqdn).is_some()
+    }
+}
+
+/// Federation checks that need the members: partners need an edge, and
+/// edges form one pool (one federation route per organisation).
+fn check_edges(members: &[TrustedServer], federation: &Federation, problems: &mut Vec<String>) {
+    let mut pools: Vec<Option<&Fqdn>> = Vec::new();
+    let mut edges = 0;
+    for m in members.iter().filter(|m| m.federation_addr.is_some()) {
+        edges += 1;
+        let pool = m.pool.as_ref();
+        if !pools.contains(&pool) {
+            pools.push(pool);
+        }
+    }
+    if edges > 1 && (pools.len() > 1 || pools == [None]) {
+        problems.push(format!(
+            "more than one active federation edge pool ({edges} edges): put every edge in the same pool"
+        ));
+    }
+    if edges == 0 && !federation.partners.is_empty() {
+        problems.push("partners are configured but no edge member has a federation_addr".into());
     }
 }
 
@@ -523,6 +659,8 @@ client_addr = "[::1]:5080"
                 mesh_addr: addr("127.0.0.1:5061"),
                 client_addr: addr("127.0.0.1:5060"),
                 pool: Some(Fqdn::new("pool1.contoso.test").unwrap()),
+                federation_addr: None,
+                federation_fqdn: None,
             }
         );
         assert_eq!(t.members[0].pool, None);
@@ -675,6 +813,8 @@ client_addr = "127.0.0.1:5070"
             mesh_addr: addr(mesh),
             client_addr: addr(client),
             pool: None,
+            federation_addr: None,
+            federation_fqdn: None,
         };
         let t = Topology::new(
             7,
@@ -760,6 +900,9 @@ pub struct TopologyDiff {
     pub removed: Vec<TrustedServer>,
     /// Members in both whose entry differs: (old, new).
     pub changed: Vec<(TrustedServer, TrustedServer)>,
+    /// Federation policy changes, one line each (`+ partner d (mode)`, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub federation: Vec<String>,
 }
 
 impl TopologyDiff {
@@ -779,12 +922,13 @@ impl TopologyDiff {
             .filter(|m| new.member(m.fqdn.as_str()).is_none())
             .cloned()
             .collect();
+        diff.federation = federation::diff_lines(&old.federation, &new.federation);
         diff
     }
 
     /// True when nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.federation.is_empty()
     }
 }
 
@@ -799,6 +943,8 @@ mod diff_tests {
             mesh_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             client_addr: format!("127.0.0.1:{}", port + 1000).parse().unwrap(),
             pool: None,
+            federation_addr: None,
+            federation_fqdn: None,
         }
     }
 

@@ -148,6 +148,8 @@ impl Plan {
                 mesh_addr: mesh.local_addr().expect("addr"),
                 client_addr: client.local_addr().expect("addr"),
                 pool: None,
+                federation_addr: None,
+                federation_fqdn: None,
             })
             .collect();
         for (i, (fqdn, addr)) in others.iter().enumerate() {
@@ -158,6 +160,8 @@ impl Plan {
                 mesh_addr: addr.unwrap_or_else(|| placeholder(port)),
                 client_addr: placeholder(port + 1),
                 pool: None,
+                federation_addr: None,
+                federation_fqdn: None,
             });
         }
         let topology = Topology::new(1, members).unwrap_or_else(|e| panic!("topology: {e}"));
@@ -188,6 +192,7 @@ impl Plan {
                         },
                         mesh: timing,
                         sip: Default::default(),
+                        federation: None,
                     },
                     mesh,
                     client,

@@ -116,6 +116,8 @@ impl SingleNodeBuilder {
             mesh_addr: OWN_MESH_PLACEHOLDER,
             client_addr: OWN_CLIENT_PLACEHOLDER,
             pool: None,
+            federation_addr: None,
+            federation_fqdn: None,
         };
         let members: Vec<TrustedServer> = std::iter::once(me)
             .chain(self.members.iter().map(|(fqdn, mesh_addr)| TrustedServer {
@@ -125,6 +127,8 @@ impl SingleNodeBuilder {
                 // Never bound nor dialed (links use mesh addresses only).
                 client_addr: free_addr(),
                 pool: None,
+                federation_addr: None,
+                federation_fqdn: None,
             }))
             .collect();
         let topology = Topology::new(1, members).unwrap_or_else(|e| panic!("topology: {e}"));
@@ -159,6 +163,7 @@ impl SingleNodeBuilder {
                 ..MeshTiming::default()
             },
             sip: Default::default(),
+            federation: None,
         };
         let config_path = root.join("node.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write node.toml");

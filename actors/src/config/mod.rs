@@ -50,6 +50,26 @@ pub struct NodeConfig {
     pub mesh: MeshTiming,
     /// SIP service settings.
     pub sip: SipConfig,
+    /// The federation side of an Edge node (`[federation]`), if any.
+    pub federation: Option<FederationConfig>,
+}
+
+/// Default bound on connections from partners to the federation listener.
+pub const DEFAULT_MAX_FEDERATION_CONNECTIONS: usize = 256;
+
+/// The `[federation]` section of an Edge node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederationConfig {
+    /// The external certificate (leaf first) partners see (`[federation.tls] cert`).
+    pub cert: PathBuf,
+    /// Its private key (`[federation.tls] key`).
+    pub key: PathBuf,
+    /// Listen address; defaults to the member's `federation_addr`.
+    pub listen: Option<SocketAddr>,
+    /// Resolver for partner names (`dns = "IP:PORT"`); the system's when `None`.
+    pub dns: Option<SocketAddr>,
+    /// Bound on partner connections to the federation listener.
+    pub max_connections: usize,
 }
 
 /// Default transaction timer base (RFC 3261 T1).

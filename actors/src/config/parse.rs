@@ -25,6 +25,16 @@ struct RawConfig {
     mesh: RawMesh,
     #[serde(default)]
     sip: RawSip,
+    federation: Option<RawFederation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    tls: RawCert,
+    listen: Option<SocketAddr>,
+    dns: Option<SocketAddr>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -296,6 +306,20 @@ impl NodeConfig {
                 member_reserved_connections,
             },
             sip,
+            federation: match raw.federation {
+                None => None,
+                Some(f) => Some(FederationConfig {
+                    cert: abs(f.tls.cert),
+                    key: abs(f.tls.key),
+                    listen: f.listen,
+                    dns: f.dns,
+                    max_connections: match f.max_connections {
+                        Some(0) => return Err(invalid("federation.max_connections", "must be greater than 0".into())),
+                        Some(n) => n,
+                        None => DEFAULT_MAX_FEDERATION_CONNECTIONS,
+                    },
+                }),
+            },
         })
     }
 }

@@ -91,6 +91,16 @@ impl NodeConfig {
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
+        if let Some(f) = &self.federation {
+            s += &format!("\n[federation]\nmax_connections = {}\n", f.max_connections);
+            if let Some(a) = f.listen {
+                s += &format!("listen = \"{a}\"\n");
+            }
+            if let Some(a) = f.dns {
+                s += &format!("dns = \"{a}\"\n");
+            }
+            s += &format!("\n[federation.tls]\ncert = {}\nkey = {}\n", q(&f.cert), q(&f.key));
+        }
         s
     }
 }

@@ -72,7 +72,10 @@ fn node(config: SipConfig) -> Node {
             mesh_addr: "127.0.0.1:5071".parse().unwrap(),
             client_addr,
             pool: None,
+            federation_addr: None,
+            federation_fqdn: None,
         }],
+        federation: Default::default(),
     }));
     let paths = tls_files(dir.path());
     let material = TlsMaterial::load(&paths, FE1).unwrap();
