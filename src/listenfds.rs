@@ -37,6 +37,8 @@ pub const FIRST_FD: RawFd = 3;
 pub const MESH: &str = "mesh";
 /// Name of the SIP client (TLS) socket.
 pub const CLIENT: &str = "client";
+/// `LISTEN_FDNAMES` name of an edge's federation listener.
+pub const FEDERATION: &str = "federation";
 
 /// What is wrong with the inherited sockets; each names the offending value.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +64,7 @@ pub enum ActivationError {
         named: usize,
     },
     /// A name other than `mesh` or `client`.
-    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH} or {CLIENT})")]
+    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH}, {CLIENT} or {FEDERATION})")]
     UnknownName {
         /// `LISTEN_FDNAMES`.
         names: String,
@@ -96,6 +98,8 @@ pub struct Named {
     pub mesh: Option<usize>,
     /// The client socket's offset.
     pub client: Option<usize>,
+    /// Offset of the federation socket.
+    pub federation: Option<usize>,
 }
 
 /// Read the values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for
@@ -136,6 +140,7 @@ pub fn parse(
         let (slot, name) = match name {
             MESH => (&mut named.mesh, MESH),
             CLIENT => (&mut named.client, CLIENT),
+            FEDERATION => (&mut named.federation, FEDERATION),
             other => {
                 return Err(ActivationError::UnknownName {
                     names: names.to_owned(),
@@ -160,6 +165,8 @@ pub struct Inherited {
     pub mesh: Option<TcpListener>,
     /// The client socket, if one was named `client`.
     pub client: Option<TcpListener>,
+    /// The federation socket, if one was named `federation`.
+    pub federation: Option<TcpListener>,
 }
 
 impl Inherited {
@@ -200,6 +207,7 @@ impl Inherited {
         let inherited = Inherited {
             mesh: take(named.mesh, MESH)?,
             client: take(named.client, CLIENT)?,
+            federation: take(named.federation, FEDERATION)?,
         };
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -217,6 +225,7 @@ impl Inherited {
         Ok(sipmesh_actors::Listeners {
             mesh: tokio(self.mesh)?,
             client: tokio(self.client)?,
+            federation: tokio(self.federation)?,
             debug: None,
         })
     }

@@ -41,7 +41,7 @@ enum Command {
         /// The node's debug socket.
         #[arg(long)]
         socket: PathBuf,
-        /// status | links | members | rejections | topology | registrations | reload | check | log-level | help
+        /// status | links | members | rejections | topology | registrations | federation | reload | check | log-level | help
         cmd: String,
         /// The argument of `log-level` (a RUST_LOG filter, e.g. `debug`).
         arg: Option<String>,
@@ -228,6 +228,18 @@ enum ClusterCommand {
         /// baresip 1.0, which refuses a challenge list that includes SHA-256).
         #[arg(long, value_delimiter = ',', value_parser = parse_algorithm)]
         digest_algorithms: Option<Vec<sipmesh_actors::auth::Algorithm>>,
+        /// Add an edge, edge1.<domain>, with a federation listener and an
+        /// external certificate (sip.<domain>) from DIR/federation-ca.
+        #[arg(long)]
+        edge: bool,
+    },
+    /// Make two running local clusters (each started with --edge)
+    /// allowed-server partners of each other: a new signed topology is
+    /// published on each.
+    Federate {
+        /// The two cluster directories.
+        #[arg(long, num_args = 1, required = true)]
+        dir: Vec<PathBuf>,
     },
     /// Stop a cluster started elsewhere.
     Down {
@@ -496,7 +508,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 backoff_cap_ms,
                 t1_ms,
                 digest_algorithms,
+                edge,
             } => cluster::up(cluster::UpOptions {
+                edge,
                 nodes,
                 dir,
                 domain,
@@ -506,6 +520,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 digest_algorithms,
             })?,
             ClusterCommand::Down { dir } => cluster::down(&dir)?,
+            ClusterCommand::Federate { dir } => cluster::federate(&dir)?,
         },
     }
     Ok(ExitCode::SUCCESS)

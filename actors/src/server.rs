@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::admin::{self, LogLevelHook, NodeHandle};
 use crate::config::NodeConfig;
+use crate::federation::Federation;
 use crate::mesh::link::Directory;
 use crate::mesh::membership::{self, Membership};
 use crate::mesh::node::{NodeActor, Reload, ShutdownNode};
@@ -50,6 +51,8 @@ pub struct Listeners {
     pub client: Option<TcpListener>,
     /// The debug socket (bound with mode 0600 by [`admin::bind`]).
     pub debug: Option<UnixListener>,
+    /// The federation listener of an edge.
+    pub federation: Option<TcpListener>,
 }
 
 /// What the process around a node provides.
@@ -128,8 +131,45 @@ pub async fn run(
         mesh_accept: Default::default(),
         client_accept: Default::default(),
     });
-    let proxy =
-        Arc::new(Proxy::new(shared.clone(), config.sip.clone(), store.clone(), client_addr).map_err(NodeError::Sip)?);
+    // The federation side, on an edge with a `[federation]` section and a
+    // federation_addr in the topology.
+    let (federation, federation_listener, dial_rx) = match (&config.federation, me.federation_addr) {
+        (Some(fc), Some(topo_addr)) => {
+            let listen = fc.listen.unwrap_or(topo_addr);
+            let listener = bind_tcp(listeners.federation, listen, "federation").await?;
+            let bound = listener.local_addr().unwrap_or(listen);
+            let fqdn = me.federation_fqdn.as_ref().map_or(config.fqdn.as_str(), |f| f.as_str());
+            let (fed, rx) = Federation::edge(shared.topology.clone(), fc, bound, fqdn)?;
+            (fed, Some(listener), Some(rx))
+        }
+        (Some(_), None) => {
+            tracing::warn!(
+                "[federation] is configured but this member has no federation_addr in the topology; not federating"
+            );
+            (Federation::inert(shared.topology.clone()), None, None)
+        }
+        (None, _) => (Federation::inert(shared.topology.clone()), None, None),
+    };
+    let proxy = Arc::new(
+        Proxy::new(
+            shared.clone(),
+            config.sip.clone(),
+            store.clone(),
+            client_addr,
+            Arc::new(federation),
+        )
+        .map_err(NodeError::Sip)?,
+    );
+    let federation_tasks = match (federation_listener, dial_rx) {
+        (Some(l), Some(rx)) => {
+            tracing::info!(federation = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "federation listener up");
+            vec![
+                actix_rt::spawn(crate::federation::serve(l, proxy.clone())),
+                actix_rt::spawn(crate::federation::dialer(proxy.clone(), rx)),
+            ]
+        }
+        _ => Vec::new(),
+    };
     let timers = actix_rt::spawn(proxy::txn::drive_timers(Arc::downgrade(&proxy)));
     let membership = Membership::new(store.clone(), shared.clone()).start();
     let directory = Arc::new(Directory::default());
@@ -164,6 +204,9 @@ pub async fn run(
     tracing::info!(fqdn = %shared.fqdn, "shutting down");
     accept.abort();
     clients.abort();
+    for t in federation_tasks {
+        t.abort();
+    }
     sighup.abort();
     let _ = node.send(ShutdownNode).await;
     // Registrations answered 200 but still queued reach the disk before exit.

@@ -33,5 +33,6 @@ fn cluster_options(nodes: usize) -> UpOptions {
         backoff_cap_ms: 1000,
         t1_ms: sipmesh_actors::config::DEFAULT_T1_MS,
         digest_algorithms: None,
+        edge: false,
     }
 }

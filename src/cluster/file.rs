@@ -36,6 +36,24 @@ pub struct ClusterFile {
     pub launcher_pid: u32,
     /// The nodes.
     pub nodes: Vec<ClusterNode>,
+    /// The edge, when started with `--edge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<ClusterEdge>,
+}
+
+/// The federation side of a cluster's edge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterEdge {
+    /// The edge's internal FQDN (a member of the topology).
+    pub fqdn: String,
+    /// The public name on its external certificate.
+    pub federation_fqdn: String,
+    /// The listener partners dial.
+    pub federation_addr: SocketAddr,
+    /// The CA of the external certificate (what partners trust).
+    pub federation_ca: PathBuf,
+    /// Its key, so tools can issue more external certificates.
+    pub federation_ca_key: PathBuf,
 }
 
 /// A demo SIP user.
@@ -68,6 +86,9 @@ pub struct ClusterNode {
     pub config: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// An edge's federation listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_addr: Option<SocketAddr>,
 }
 
 impl ClusterFile {

@@ -51,22 +51,53 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
     };
     let users_path = dir.join("users.toml");
     write_private(&users_path, &users_file.to_toml())?;
-    for (i, sockets) in sockets.iter().enumerate() {
-        let fqdn = Fqdn::new(&format!("fe{}.{}", i + 1, opts.domain)).context("--domain")?;
-        let node_dir = dir.join(format!("fe{}", i + 1));
+    let mut edge = None;
+    let mut front_ends = 0;
+    for sockets in sockets {
+        let federation_addr = sockets.federation_addr();
+        let (name, role) = match federation_addr {
+            Some(_) => ("edge1".to_owned(), Role::Edge),
+            None => {
+                front_ends += 1;
+                (format!("fe{front_ends}"), Role::FrontEnd)
+            }
+        };
+        let fqdn = Fqdn::new(&format!("{name}.{}", opts.domain)).context("--domain")?;
+        let node_dir = dir.join(&name);
         let mut issue = pki::IssueOptions::new(fqdn.as_str());
         issue.ips = vec![localhost];
         let cert = pki::issue(&ca_dir, &issue, &node_dir)?;
         let mesh_addr = sockets.mesh_addr()?;
         let client_addr = sockets.client_addr()?;
+        // An edge's external side: a certificate for sip.<domain> from a CA
+        // of its own (partners trust that one, not the internal CA).
+        let federation = match federation_addr {
+            None => None,
+            Some(addr) => {
+                let fed_ca_dir = dir.join("federation-ca");
+                let fed_ca = pki::init_ca(&fed_ca_dir, &format!("{} Federation Root CA", opts.domain))?;
+                let federation_fqdn = Fqdn::new(&format!("sip.{}", opts.domain)).context("--domain")?;
+                let mut issue = pki::IssueOptions::new(federation_fqdn.as_str());
+                issue.ips = vec![localhost];
+                let ext = pki::issue(&fed_ca_dir, &issue, &node_dir.join("federation"))?;
+                edge = Some(super::ClusterEdge {
+                    fqdn: fqdn.to_string(),
+                    federation_fqdn: federation_fqdn.to_string(),
+                    federation_addr: addr,
+                    federation_ca: fed_ca.cert_path,
+                    federation_ca_key: fed_ca.key_path,
+                });
+                Some((addr, federation_fqdn, ext))
+            }
+        };
         members.push(TrustedServer {
             fqdn: fqdn.clone(),
-            role: Role::FrontEnd,
+            role,
             mesh_addr,
             client_addr,
             pool: None,
-            federation_addr: None,
-            federation_fqdn: None,
+            federation_addr: federation.as_ref().map(|f| f.0),
+            federation_fqdn: federation.as_ref().map(|f| f.1.clone()),
         });
         let config = NodeConfig {
             fqdn: fqdn.clone(),
@@ -99,13 +130,20 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                     .unwrap_or_else(|| SipConfig::default().digest_algorithms),
                 ..SipConfig::default()
             },
-            federation: None,
+            federation: federation.map(|(_, _, ext)| sipmesh_actors::config::FederationConfig {
+                cert: ext.cert_path,
+                key: ext.key_path,
+                listen: None,
+                dns: None,
+                max_connections: sipmesh_actors::config::DEFAULT_MAX_FEDERATION_CONNECTIONS,
+            }),
         };
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;
         nodes.push(ClusterNode {
             fqdn: fqdn.to_string(),
-            role: Role::FrontEnd,
+            role,
+            federation_addr,
             client_addr,
             mesh_addr,
             debug_socket: config.debug_socket.clone(),
@@ -131,5 +169,6 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
         users,
         launcher_pid: std::process::id(),
         nodes,
+        edge,
     })
 }

@@ -18,6 +18,7 @@
 //! - `generate.rs`: the CA, certificates, `node.toml` files and topology of a new cluster.
 //! - `spawn.rs`: the launcher's sockets, node processes, [`LocalCluster`].
 
+mod federate;
 mod file;
 mod generate;
 mod spawn;
@@ -29,7 +30,8 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-pub use self::file::{ClusterFile, ClusterNode, ClusterUser};
+pub use self::federate::federate;
+pub use self::file::{ClusterEdge, ClusterFile, ClusterNode, ClusterUser};
 use self::generate::generate;
 pub use self::spawn::LocalCluster;
 use self::spawn::{node_command, stop_children, NodeSockets};
@@ -63,6 +65,9 @@ pub struct UpOptions {
     pub t1_ms: u64,
     /// Digest algorithms the nodes offer, in challenge order (None: the node default).
     pub digest_algorithms: Option<Vec<sipmesh_actors::auth::Algorithm>>,
+    /// Add an edge (`edge1.<domain>`) with a federation listener and an
+    /// external certificate from a separate CA.
+    pub edge: bool,
 }
 
 /// Demo users `cluster up` creates.
@@ -132,7 +137,10 @@ pub fn up(opts: UpOptions) -> anyhow::Result<()> {
             );
         }
         println!("creating a {n}-node cluster in {}", dir.display());
-        let sockets: Vec<_> = (0..n).map(|_| NodeSockets::fresh()).collect::<anyhow::Result<_>>()?;
+        let sockets: Vec<_> = (0..n)
+            .map(|_| NodeSockets::fresh())
+            .chain(opts.edge.then(NodeSockets::fresh_edge))
+            .collect::<anyhow::Result<_>>()?;
         (generate(&dir, &opts, &sockets)?, sockets)
     };
     cluster.launcher_pid = std::process::id();

@@ -28,6 +28,8 @@ use crate::listenfds;
 pub(super) struct NodeSockets {
     mesh: TcpListener,
     client: TcpListener,
+    /// An edge's federation listener.
+    federation: Option<TcpListener>,
 }
 
 /// Backlog of the sockets the launcher binds: that of tokio's
@@ -53,7 +55,21 @@ impl NodeSockets {
         Ok(NodeSockets {
             mesh: bind()?,
             client: bind()?,
+            federation: None,
         })
+    }
+
+    /// Three loopback ports for an edge (mesh, client, federation).
+    pub(super) fn fresh_edge() -> anyhow::Result<NodeSockets> {
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut sockets = NodeSockets::fresh()?;
+        sockets.federation = Some(listen(any).context("cannot bind a loopback port")?);
+        Ok(sockets)
+    }
+
+    /// The federation socket's address, on an edge.
+    pub(super) fn federation_addr(&self) -> Option<SocketAddr> {
+        self.federation.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The addresses `node` had before (restarting a stopped cluster).
@@ -69,6 +85,7 @@ impl NodeSockets {
         Ok(NodeSockets {
             mesh: bind(node.mesh_addr, "mesh")?,
             client: bind(node.client_addr, "client")?,
+            federation: node.federation_addr.map(|a| bind(a, "federation")).transpose()?,
         })
     }
 
@@ -100,13 +117,14 @@ pub(super) fn node_command(exe: &Path, node: &ClusterNode, sockets: NodeSockets)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    listenfds::hand_over(
-        &mut cmd,
-        vec![
-            (listenfds::MESH, sockets.mesh.into()),
-            (listenfds::CLIENT, sockets.client.into()),
-        ],
-    )?;
+    let mut handed = vec![
+        (listenfds::MESH, sockets.mesh.into()),
+        (listenfds::CLIENT, sockets.client.into()),
+    ];
+    if let Some(f) = sockets.federation {
+        handed.push((listenfds::FEDERATION, f.into()));
+    }
+    listenfds::hand_over(&mut cmd, handed)?;
     Ok(cmd)
 }
 
@@ -152,6 +170,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir)?;
         let sockets = (0..n)
             .map(|_| NodeSockets::fresh())
+            .chain(opts.edge.then(NodeSockets::fresh_edge))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut file = generate(&dir, opts, &sockets)?;
         let exe = std::env::current_exe().context("cannot find the sipmesh executable")?;

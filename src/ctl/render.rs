@@ -76,6 +76,54 @@ pub fn render(cmd: &str, result: &Value) -> String {
             }
             t.to_string()
         }
+        "federation" => {
+            let partners = result["partners"].as_array().cloned().unwrap_or_default();
+            let mut out = match &result["edge"] {
+                Value::Null => "this node is no federation edge; requests to partners go through the edge\n".to_owned(),
+                e => format!(
+                    "edge: {} at {} (certificate until {})\n",
+                    text(&e["federation_fqdn"]),
+                    text(&e["federation_addr"]),
+                    text(&e["cert_not_after"])
+                ),
+            };
+            if partners.is_empty() {
+                out += "no partners";
+                return out;
+            }
+            let mut t = table(&[
+                "DOMAIN",
+                "MODE",
+                "EDGE",
+                "ADDRESS",
+                "STATE",
+                "CONNS",
+                "CERT NOT AFTER",
+                "IN",
+                "OUT",
+                "REFUSALS",
+            ]);
+            for p in &partners {
+                let refusals = p["refusals"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                t.add_row(vec![
+                    text(&p["domain"]),
+                    text(&p["mode"]),
+                    text(&p["edge"]),
+                    text(&p["address"]),
+                    text(&p["state"]),
+                    text(&p["connections"]),
+                    text(&p["cert_not_after"]),
+                    text(&p["requests_in"]),
+                    text(&p["requests_out"]),
+                    refusals,
+                ]);
+            }
+            out += &t.to_string();
+            out
+        }
         "rejections" => {
             if rows.is_empty() {
                 return "no rejections".into();

@@ -221,6 +221,7 @@ impl Plan {
                 mesh: Some(tokio::net::TcpListener::from_std(n.mesh).expect("mesh listener")),
                 client: Some(tokio::net::TcpListener::from_std(n.client).expect("client listener")),
                 debug: None,
+                federation: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let shutdown = async move {

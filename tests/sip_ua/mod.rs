@@ -202,6 +202,8 @@ pub struct Ua {
     pub user: String,
     /// `sip:alice@contoso.test`.
     pub aor: String,
+    /// The domain registered in (`contoso.test` unless [`Ua::in_domain`]).
+    pub domain: String,
     password: String,
     conn: Connection,
     queue: VecDeque<SipMessage>,
@@ -256,6 +258,7 @@ impl Ua {
         Ua {
             user: user.to_owned(),
             aor: format!("sip:{user}@{DOMAIN}"),
+            domain: DOMAIN.to_owned(),
             password: password.to_owned(),
             local: conn.local,
             conn,
@@ -267,6 +270,13 @@ impl Ua {
             invalid: Vec::new(),
             closed: false,
         }
+    }
+
+    /// The same UA as a user of `domain` (another organisation's cluster).
+    pub fn in_domain(mut self, domain: &str) -> Ua {
+        self.aor = format!("sip:{}@{domain}", self.user);
+        self.domain = domain.to_owned();
+        self
     }
 
     /// Our Contact URI (no brackets): `sip:alice@127.0.0.1:PORT;transport=tls`.
@@ -501,7 +511,12 @@ impl Ua {
     /// REGISTER our contact for `expires` seconds; answers one 401 with
     /// SHA-256 Digest credentials. Returns the final response.
     pub async fn register(&mut self, expires: u32) -> SipMessage {
-        let (user, password, uri, cnonce) = (self.user.clone(), self.password.clone(), registrar(), rand_hex());
+        let (user, password, uri, cnonce) = (
+            self.user.clone(),
+            self.password.clone(),
+            format!("sip:{}", self.domain),
+            rand_hex(),
+        );
         let creds = Credentials {
             user: &user,
             password: &password,
@@ -522,8 +537,9 @@ impl Ua {
         let branch = new_branch();
         let seq = self.next_cseq();
         let mut text = format!(
-            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: <{aor}>;tag={tag}\r\n\
+            "REGISTER sip:{domain} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: <{aor}>;tag={tag}\r\n\
              To: <{aor}>\r\nCall-ID: {cid}\r\nCSeq: {seq} REGISTER\r\n",
+            domain = self.domain,
             via = self.via(&branch),
             aor = self.aor,
             tag = rand_hex(),
@@ -550,7 +566,7 @@ impl Ua {
         let branch = new_branch();
         let seq = self.next_cseq();
         let mut text = format!(
-            "REGISTER sip:{DOMAIN} SIP/2.0\r\n\
+            "REGISTER sip:{domain} SIP/2.0\r\n\
              Via: {via}\r\n\
              Max-Forwards: 70\r\n\
              From: <{aor}>;tag={tag}\r\n\
@@ -560,6 +576,7 @@ impl Ua {
              Contact: <{contact}>\r\n\
              Expires: {expires}\r\n\
              User-Agent: sipmesh-test-ua\r\n",
+            domain = self.domain,
             via = self.via(&branch),
             aor = self.aor,
             tag = rand_hex(),

@@ -63,6 +63,8 @@ pub enum Command {
         /// The directive.
         level: String,
     },
+    /// `federation`: partners, their connections and refusals.
+    Federation,
     /// `help`.
     Help,
     /// `fault` (only honoured with fault injection enabled).
@@ -129,6 +131,7 @@ impl Command {
                 days: u64_arg(&request, "check", "days", DEFAULT_CHECK_DAYS, 0..=MAX_CHECK_DAYS)?,
             },
             "registrations" => Command::Registrations,
+            "federation" => Command::Federation,
             "log-level" => Command::LogLevel {
                 level: string_arg(
                     &request,
@@ -203,6 +206,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
             ))
         }
         Command::Rejections => serde_json::to_value(shared.rejections.recent()).map_err(|e| e.to_string()),
+        Command::Federation => Ok(node.proxy.federation().status()),
         Command::Topology => {
             let report = node
                 .membership

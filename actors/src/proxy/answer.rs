@@ -37,6 +37,9 @@ pub enum SipReject {
     /// A domain this node does not serve and has no federation for.
     #[error("domain {0} is not served here")]
     DomainNotAllowed(String),
+    /// A federation rule refused the request (the reason names the rule).
+    #[error("federation: {}", .0.as_str())]
+    Federation(crate::federation::FedRefusal),
     /// A semantic error not caught by the parser.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -109,6 +112,7 @@ impl SipReject {
             }
             SipReject::Forbidden(why) => (403, format!("Forbidden ({why})")),
             SipReject::DomainNotAllowed(_) => (403, "Domain Not Allowed".into()),
+            SipReject::Federation(why) => why.status(),
             SipReject::BadRequest(why) => (400, why.clone()),
             SipReject::IntervalTooBrief(_) => (423, "Interval Too Brief".into()),
             SipReject::NoTransaction => (481, "Call/Transaction Does Not Exist".into()),
@@ -132,6 +136,9 @@ impl SipReject {
         match self {
             SipReject::PathDown(_) | SipReject::Busy | SipReject::TransactionBudget { .. } => {
                 vec![Header::new(HeaderName::RetryAfter, &RETRY_AFTER_S.to_string())]
+            }
+            SipReject::Federation(crate::federation::FedRefusal::RateLimited) => {
+                vec![Header::new(HeaderName::RetryAfter, "1")]
             }
             SipReject::LockedOut { retry_after } => {
                 vec![Header::new(HeaderName::RetryAfter, &retry_after.to_string())]

@@ -120,15 +120,59 @@ async fn connection(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| cert_aor(c));
-    let (mut rd, wr) = tokio::io::split(tls);
+    let (rd, wr) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel::<Bytes>(FLOW_QUEUE);
     let flow = proxy.flows.open(tx, remote, cert_identity.clone());
     tracing::debug!(remote = %remote, flow = flow.id, identity = ?cert_identity, "client connected");
     let writer = actix_rt::spawn(write_loop(wr, rx));
+    let door = ClientDoor {
+        shared,
+        deadlines,
+        accepted,
+    };
+    serve_flow(rd, flow.clone(), proxy.clone(), Some(door)).await;
+    proxy.flows.close(flow.id);
+    drop(flow);
+    // The writer drains what is queued (e.g. the answer to a malformed
+    // message), then closes the TLS session.
+    let _ = writer.await;
+}
+
+/// What the client door adds to a connection's reading: the deadlines of
+/// not-yet-authenticated connections and the counters of refusals.
+pub(crate) struct ClientDoor {
+    shared: Arc<Shared>,
+    deadlines: Deadlines,
+    accepted: Instant,
+}
+
+/// Read SIP from one flow until it closes or a deadline passes, handing each
+/// message to the proxy: a client's through `from_client`, a partner's
+/// (`door` is `None`: it proved who it is in the handshake) through
+/// `from_partner`.
+pub(crate) async fn serve_flow<R: tokio::io::AsyncRead + Unpin>(
+    mut rd: R,
+    flow: Arc<super::flows::Flow>,
+    proxy: Arc<Proxy>,
+    door: Option<ClientDoor>,
+) {
+    let remote = flow.remote;
+    let deadlines = door.as_ref().map_or_else(
+        || {
+            let c = proxy.sip_config();
+            Deadlines {
+                idle: c.client_idle_timeout,
+                message: c.client_message_timeout,
+                unauthenticated: Duration::MAX,
+            }
+        },
+        |d| d.deadlines,
+    );
+    let partner = flow.partner.is_some();
     let mut buf = BytesMut::with_capacity(INITIAL_CLIENT_BUFFER);
     let mut decoder = SipDecoder::new();
-    let unauthenticated_until = accepted + deadlines.unauthenticated;
-    let mut authenticated = cert_identity.is_some();
+    let unauthenticated_until = door.as_ref().map(|d| d.accepted + d.deadlines.unauthenticated);
+    let mut authenticated = flow.cert_identity.is_some() || partner;
     let mut last_read = Instant::now();
     // When the first byte of the message now being received arrived.
     let mut message_since: Option<Instant> = None;
@@ -142,10 +186,14 @@ async fn connection(
                 }
                 Incoming::Message(msg) => {
                     large |= msg.body.len() > SHRINK_ABOVE;
-                    proxy.from_client(&flow, msg)
+                    if partner {
+                        proxy.from_partner(&flow, msg)
+                    } else {
+                        proxy.from_client(&flow, msg)
+                    }
                 }
                 Incoming::Invalid { error, partial, resync } => {
-                    tracing::debug!(remote = %remote, error = %error, resync, "malformed SIP from client");
+                    tracing::debug!(remote = %remote, error = %error, resync, partner, "malformed SIP");
                     proxy.malformed(&flow, &error, partial.as_ref());
                     if !resync {
                         break 'conn;
@@ -172,38 +220,34 @@ async fn connection(
         if let Some(since) = message_since {
             deadline = deadline.min(since + deadlines.message);
         }
-        if !authenticated {
-            deadline = deadline.min(unauthenticated_until);
+        if let (false, Some(until)) = (authenticated, unauthenticated_until) {
+            deadline = deadline.min(until);
         }
         match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
             Ok(Ok(0)) => break,
             Ok(Ok(_)) => last_read = Instant::now(),
             Ok(Err(e)) => {
-                tracing::debug!(remote = %remote, error = %e, "client read failed");
+                tracing::debug!(remote = %remote, error = %e, "read failed");
                 break;
             }
             Err(_) => {
                 let now = Instant::now();
+                let refuse = |why| {
+                    if let Some(d) = &door {
+                        d.shared.client_accept.refuse("sip clients", remote, why);
+                    }
+                };
                 if message_since.is_some_and(|since| now >= since + deadlines.message) {
-                    shared
-                        .client_accept
-                        .refuse("sip clients", remote, Refusal::MessageDeadline);
-                } else if !authenticated && now >= unauthenticated_until {
-                    shared
-                        .client_accept
-                        .refuse("sip clients", remote, Refusal::UnauthenticatedLifetime);
+                    refuse(Refusal::MessageDeadline);
+                } else if !authenticated && unauthenticated_until.is_some_and(|u| now >= u) {
+                    refuse(Refusal::UnauthenticatedLifetime);
                 } else {
-                    tracing::debug!(remote = %remote, idle_s = deadlines.idle.as_secs(), "client idle; closing");
+                    tracing::debug!(remote = %remote, idle_s = deadlines.idle.as_secs(), "connection idle; closing");
                 }
                 break;
             }
         }
     }
-    proxy.flows.close(flow.id);
-    drop(flow);
-    // The writer drains what is queued (e.g. the answer to a malformed
-    // message), then closes the TLS session.
-    let _ = writer.await;
 }
 
 /// Make [`READ_ROOM`] free for the next read, growing by a quarter of what
@@ -218,7 +262,8 @@ fn make_room(buf: &mut BytesMut) {
     *buf = grown;
 }
 
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
+/// Write what is queued for a flow, in batches, until its senders are gone.
+pub(crate) async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         batch.clear();

@@ -61,6 +61,8 @@ pub struct Flow {
     pub cert_identity: Option<String>,
     /// The AOR proven by Digest on this connection, if any.
     pub digest_identity: Mutex<Option<String>>,
+    /// A partner's edge: the partner domain its certificate proved.
+    pub partner: Option<String>,
     /// This flow's own random key, bound into its tokens.
     key: [u8; 16],
 }
@@ -101,6 +103,25 @@ impl Default for Flows {
 }
 
 impl Flows {
+    /// Register a partner edge's connection (either direction).
+    pub fn open_partner(&self, tx: mpsc::Sender<Bytes>, remote: SocketAddr, domain: &str) -> Arc<Flow> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let flow = Arc::new(Flow {
+            id,
+            tx,
+            remote,
+            cert_identity: None,
+            digest_identity: Mutex::new(None),
+            partner: Some(domain.to_owned()),
+            key: rand::random(),
+        });
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, flow.clone());
+        flow
+    }
+
     /// Register a new connection.
     pub fn open(&self, tx: mpsc::Sender<Bytes>, remote: SocketAddr, cert_identity: Option<String>) -> Arc<Flow> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -110,6 +131,7 @@ impl Flows {
             remote,
             cert_identity,
             digest_identity: Mutex::new(None),
+            partner: None,
             key: rand::random(),
         });
         self.map
@@ -245,6 +267,7 @@ mod tests {
             remote: b.remote,
             cert_identity: None,
             digest_identity: Mutex::new(None),
+            partner: None,
             key: b.key,
         };
         assert_eq!(flows.check_token(&other.token(&twin)), TokenCheck::Forged);

@@ -31,6 +31,7 @@ pub mod client;
 pub mod flows;
 mod fork;
 pub mod home;
+mod partner;
 pub mod registrar;
 pub mod route;
 mod send;
@@ -165,6 +166,10 @@ pub struct Proxy {
     client_addr: SocketAddr,
     /// `HOST:PORT` clients reach us at (`sip.advertise`, else `client_addr`).
     advertise: String,
+    /// Partners, and the external side when this node is the federation edge.
+    federation: Arc<crate::federation::Federation>,
+    /// `FEDERATION_FQDN:PORT` on the federation edge (our entry towards partners).
+    federation_host: Option<String>,
 }
 
 fn branch() -> String {
@@ -198,6 +203,7 @@ impl Proxy {
         config: SipConfig,
         store: Arc<Store>,
         client_addr: SocketAddr,
+        federation: Arc<crate::federation::Federation>,
     ) -> Result<Proxy, String> {
         let auth = match &config.users {
             Some(path) => {
@@ -232,7 +238,24 @@ impl Proxy {
             counters: Mutex::default(),
             advertise,
             client_addr,
+            federation_host: federation.edge.as_ref().map(|e| e.host_port()),
+            federation,
         })
+    }
+
+    /// The federation view of this node.
+    pub fn federation(&self) -> &Arc<crate::federation::Federation> {
+        &self.federation
+    }
+
+    /// The node's shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The `[sip]` settings.
+    pub(crate) fn sip_config(&self) -> &SipConfig {
+        &self.config
     }
 
     /// The SIP domain served.
@@ -289,6 +312,7 @@ impl Proxy {
         // Claims from outside the trust domain are removed (RFC 3325); inside
         // the mesh the identity travels in `SipMeta`, asserted by this node.
         self.strip_identity(&mut msg);
+        partner::strip_mark(&mut msg);
         if !msg.is_request() {
             self.on_response(msg);
             return;
@@ -512,7 +536,13 @@ impl RoutingView for Proxy {
     fn is_me(&self, host: &Host, port: Option<u16>) -> bool {
         let ip = match host {
             Host::Domain(d) => {
+                let federation = self
+                    .federation
+                    .edge
+                    .as_ref()
+                    .is_some_and(|e| e.fqdn.eq_ignore_ascii_case(d) && port.is_none_or(|p| p == e.addr.port()));
                 return d == self.shared.fqdn.as_str()
+                    || federation
                     || self.advertise.rsplit_once(':').is_some_and(|(h, p)| {
                         h.eq_ignore_ascii_case(d) && port.is_none_or(|port| p == port.to_string())
                     });
@@ -521,7 +551,10 @@ impl RoutingView for Proxy {
             Host::V6(ip) => std::net::IpAddr::V6(*ip),
         };
         let at = |a: SocketAddr| a.ip() == ip && port.is_none_or(|p| p == a.port());
-        at(self.client_addr) || self.advertise.parse().is_ok_and(at) || port.is_some() && at(self.shared.mesh_addr)
+        at(self.client_addr)
+            || self.advertise.parse().is_ok_and(at)
+            || port.is_some() && at(self.shared.mesh_addr)
+            || port.is_some() && self.federation.edge.as_ref().is_some_and(|e| at(e.addr))
     }
 
     fn member(&self, host: &Host, port: Option<u16>) -> Option<Fqdn> {
@@ -576,11 +609,48 @@ impl RoutingView for Proxy {
         route::RecordRouteAs {
             client: &self.advertise,
             mesh: self.shared.mesh_addr,
+            federation: self.federation_host.as_deref(),
         }
     }
 
     fn flow_identity(&self, flow: FlowId) -> Option<String> {
-        self.flows.get(flow).and_then(|f| f.identity())
+        let f = self.flows.get(flow)?;
+        // A partner connection proves a domain, not a user.
+        f.partner
+            .as_ref()
+            .map_or_else(|| f.identity(), |d| Some(format!("partner:{d}")))
+    }
+
+    fn flow_partner(&self, flow: FlowId) -> Option<String> {
+        self.flows.get(flow).and_then(|f| f.partner.clone())
+    }
+
+    fn federation_route(&self, domain: &str) -> Result<route::NextHop, SipReject> {
+        use crate::federation::FedRefusal;
+        use sipmesh_state::DomainVerdict;
+        let topology = self.shared.topology.load();
+        match topology.federation.verdict(domain) {
+            DomainVerdict::Blocked => Err(SipReject::Federation(FedRefusal::BlockedDomain)),
+            DomainVerdict::NotPartner => Err(SipReject::DomainNotAllowed(domain.to_owned())),
+            DomainVerdict::Partner(p) => {
+                if self.federation.edge.is_some() {
+                    return Ok(route::NextHop::Partner(p.domain.clone()));
+                }
+                topology
+                    .federation_edges()
+                    .find(|m| {
+                        self.shared
+                            .link(m.fqdn.as_str())
+                            .is_some_and(|l| l.state() == LinkState::Up)
+                    })
+                    .map(|m| route::NextHop::Mesh(m.fqdn.clone(), MeshRoute::Dialog))
+                    .ok_or(SipReject::Federation(FedRefusal::NoEdge))
+            }
+        }
+    }
+
+    fn unseal(&self, token: &str) -> Option<Vec<String>> {
+        self.federation.unseal(token)
     }
 
     fn bindings(&self, aor: &str) -> Result<Vec<Binding>, SipReject> {

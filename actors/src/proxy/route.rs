@@ -27,6 +27,7 @@ use super::answer::SipReject;
 use super::flows::FlowId;
 use super::home::fnv1a;
 use super::Source;
+use crate::federation::FedRefusal;
 use crate::mesh::wire::MeshRoute;
 use crate::sip::{Header, HeaderName, Host, Method, SipMessage, SipUri, StartLine};
 
@@ -37,6 +38,8 @@ pub enum NextHop {
     Flow(FlowId),
     /// A peer node, with what it should do with the request.
     Mesh(Fqdn, MeshRoute),
+    /// A partner organisation's edge (this node is the federation edge).
+    Partner(String),
 }
 
 /// A request this node answers itself.
@@ -104,6 +107,14 @@ pub trait RoutingView {
     fn record_route_as(&self) -> RecordRouteAs<'_>;
     /// The identity the open flow `flow` proved, if any.
     fn flow_identity(&self, flow: FlowId) -> Option<String>;
+    /// The partner domain of `flow` when it is a partner edge's connection.
+    fn flow_partner(&self, flow: FlowId) -> Option<String>;
+    /// Where a request for the foreign `domain` goes: the partner's edge
+    /// (from the federation edge), the edge (from other nodes), or a refusal
+    /// (blocked, no partner, no edge up).
+    fn federation_route(&self, domain: &str) -> Result<NextHop, SipReject>;
+    /// The Record-Route entries a sealed token of ours hides (`None`: not ours).
+    fn unseal(&self, token: &str) -> Option<Vec<String>>;
 }
 
 /// The `ob=` flow token of a Route/Record-Route URI (`ob` alone is the RFC
@@ -168,6 +179,12 @@ pub fn by_request(
         Source::Mesh(_) => None,
     };
     let mut popped_flow = None;
+    // A partner named by our partner-facing entry, and whether internal
+    // entries came out of a sealed token (a partner may name internal nodes
+    // only that way).
+    let partner = client.and_then(|f| view.flow_partner(f));
+    let mut popped_partner: Option<String> = None;
+    let mut unsealed = false;
     let mut tokens = false;
     let mut own_named = false;
     let foreign_tokens = |tokens: bool, own_named: bool| client.is_some() && tokens && !own_named;
@@ -178,6 +195,22 @@ pub fn by_request(
             return Err(SipReject::BadRequest("Bad Route".into()));
         };
         if view.is_me(&uri.host, uri.port) {
+            // Our partner-facing entry: it names the partner, and may hide
+            // the internal entries that follow it (sealed, `ih=`).
+            if let Some(domain) = uri.param("fed").flatten() {
+                if partner.as_deref() != Some(domain) {
+                    popped_partner = Some(domain.to_owned());
+                }
+            }
+            if let Some(sealed) = uri.param("ih").flatten() {
+                let hidden = view.unseal(sealed).ok_or(SipReject::BadFlowToken)?;
+                msg.remove_first(HeaderName::Route);
+                for entry in hidden.iter().rev() {
+                    msg.push_header_front(Header::new(HeaderName::Route, entry));
+                }
+                unsealed = true;
+                continue;
+            }
             // Our client-facing entry names a flow; our mesh-facing one none.
             if let Some(token) = token_of(uri) {
                 let flow = view.flow_for_token(token)?;
@@ -196,9 +229,19 @@ pub fn by_request(
             return Err(SipReject::BadFlowToken);
         }
         if let Some(member) = view.member(&uri.host, uri.port) {
+            if partner.is_some() && !unsealed {
+                return Err(SipReject::Federation(FedRefusal::RouteNotAllowed));
+            }
             return Ok(Routed::Next(NextHop::Mesh(member, MeshRoute::Dialog)));
         }
+        if let Some(domain) = popped_partner {
+            // The rest of the route set is the partner's.
+            return Ok(Routed::Next(NextHop::Partner(domain)));
+        }
         return Err(SipReject::DomainNotAllowed(uri.host.to_string()));
+    }
+    if let Some(domain) = popped_partner {
+        return Ok(Routed::Next(NextHop::Partner(domain)));
     }
     if foreign_tokens(tokens, own_named) {
         return Err(SipReject::BadFlowToken);
@@ -236,7 +279,14 @@ pub fn by_request(
         }
     }
     if !is_domain(view, &ruri.host) {
-        return Err(SipReject::DomainNotAllowed(ruri.host.to_string()));
+        if partner.is_some() {
+            // No transit between partners.
+            return Err(SipReject::Federation(FedRefusal::NotOurDomain));
+        }
+        return match &ruri.host {
+            Host::Domain(d) => view.federation_route(d).map(Routed::Next),
+            _ => Err(SipReject::DomainNotAllowed(ruri.host.to_string())),
+        };
     }
     if !view.is_local_user(ruri.user.as_deref().unwrap_or_default()) {
         return Err(SipReject::NotFound);
@@ -317,6 +367,8 @@ pub struct RecordRouteAs<'a> {
     /// Towards peers: the node's mesh address from the topology (an address,
     /// so a phone's route set never holds a name it would try to resolve).
     pub mesh: std::net::SocketAddr,
+    /// Towards partners (a federation edge only): `FEDERATION_FQDN:PORT`.
+    pub federation: Option<&'a str>,
 }
 
 impl RecordRouteAs<'_> {
@@ -328,6 +380,11 @@ impl RecordRouteAs<'_> {
     /// The entry facing the mesh.
     pub fn mesh_entry(&self) -> String {
         format!("<sip:{};lr>", self.mesh)
+    }
+
+    /// The entry facing a partner, naming it (`None` off a federation edge).
+    pub fn partner_entry(&self, domain: &str) -> Option<String> {
+        Some(format!("<sip:{};transport=tls;lr;fed={domain}>", self.federation?))
     }
 }
 
@@ -347,6 +404,7 @@ pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, view:
     };
     let outgoing = match next {
         NextHop::Flow(f) => Some(record_route_entry(view, *f)),
+        NextHop::Partner(d) => Some(view.record_route_as().partner_entry(d)),
         NextHop::Mesh(..) => None,
     };
     if incoming.is_none() && outgoing.is_none() {
@@ -367,6 +425,9 @@ pub fn record_route(msg: &mut SipMessage, source: &Source, next: &NextHop, view:
 /// Our Record-Route entry naming `flow`: the one place its form is written.
 /// `None` when the flow closed (the request then fails to reach it anyway).
 fn record_route_entry(view: &impl RoutingView, flow: FlowId) -> Option<String> {
+    if let Some(domain) = view.flow_partner(flow) {
+        return view.record_route_as().partner_entry(&domain);
+    }
     Some(view.record_route_as().client_entry(&view.flow_token(flow)?))
 }
 

@@ -26,7 +26,11 @@ impl Proxy {
         match source {
             Source::Flow(id) => {
                 if let Some(flow) = self.flows.get(*id) {
-                    if !flow.send(self.towards_client(msg, None)) {
+                    let bytes = match &flow.partner {
+                        Some(_) => self.towards_partner(msg),
+                        None => self.towards_client(msg, None),
+                    };
+                    if !flow.send(bytes) {
                         tracing::debug!(flow = id, "client queue full; response dropped");
                     }
                 }
@@ -65,9 +69,14 @@ impl Proxy {
 
     pub(super) fn send_next(&self, next: &NextHop, msg: &SipMessage, origin: &Origin) -> Result<(), SipReject> {
         match next {
+            NextHop::Partner(domain) => self.federation.send(domain, self.towards_partner(msg)),
             NextHop::Flow(id) => {
                 let flow = self.flows.get(*id).ok_or(SipReject::Unavailable)?;
-                if flow.send(self.towards_client(msg, Some(origin))) {
+                let bytes = match &flow.partner {
+                    Some(_) => self.towards_partner(msg),
+                    None => self.towards_client(msg, Some(origin)),
+                };
+                if flow.send(bytes) {
                     Ok(())
                 } else {
                     Err(SipReject::Busy)

@@ -98,7 +98,8 @@ fn node(config: SipConfig) -> Node {
         client_accept: Default::default(),
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
-    let proxy = Arc::new(Proxy::new(shared, config, store, client_addr).unwrap());
+    let federation = Arc::new(crate::federation::Federation::inert(shared.topology.clone()));
+    let proxy = Arc::new(Proxy::new(shared, config, store, client_addr, federation).unwrap());
     let timers = tokio::spawn(txn::drive_timers(Arc::downgrade(&proxy)));
     Node {
         proxy,

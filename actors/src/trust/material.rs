@@ -206,6 +206,16 @@ fn pem_items<T>(
 }
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// A private key file (PKCS#8, SEC1 or PKCS#1 PEM).
+pub(crate) fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    load_key(path)
+}
+
+/// A certificate chain file, leaf first.
+pub(crate) fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    load_certs(path, "certificate")
+}
+
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut read_pem(path)?.as_slice())
         .map_err(|e| TlsError::File {

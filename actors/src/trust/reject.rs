@@ -48,6 +48,9 @@ pub enum RejectReason {
     Protocol,
     /// The connection limit was reached.
     ConnectionLimit,
+    /// Federation: a valid certificate, but of no partner (or a partner's
+    /// edge connecting for another domain).
+    NotAPartner,
 }
 
 impl RejectReason {
@@ -67,6 +70,7 @@ impl RejectReason {
             RejectReason::Handshake => "handshake",
             RejectReason::Protocol => "protocol",
             RejectReason::ConnectionLimit => "connection-limit",
+            RejectReason::NotAPartner => "not-a-partner",
         }
     }
 

@@ -119,6 +119,18 @@ impl RoutingView for View {
             Err(SipReject::Unavailable)
         }
     }
+    fn flow_partner(&self, _flow: FlowId) -> Option<String> {
+        None
+    }
+
+    fn federation_route(&self, domain: &str) -> Result<NextHop, SipReject> {
+        Err(SipReject::DomainNotAllowed(domain.to_owned()))
+    }
+
+    fn unseal(&self, _token: &str) -> Option<Vec<String>> {
+        None
+    }
+
     fn flow_identity(&self, flow: FlowId) -> Option<String> {
         // Flows 5 and 9 are alice's (9 is where the table's requests come
         // from), the others bob's.

@@ -1,0 +1,381 @@
+//! Who a partner is: its anchors (from the signed topology) and the name its
+//! edge certificate must carry, checked per RFC 5922 in both directions.
+//!
+//! - Names ([`sip_identities`]): the `sip:` URI SANs when there are any, else
+//!   the DNS SANs, and the subject CN only when the certificate has no SAN at
+//!   all; compared exactly, case-insensitively, never as wildcards.
+//! - Dialing a partner ([`PartnerServerVerifier`]): the chain must end in
+//!   *that* partner's anchors (webpki, through the same [`TrustPolicy`] as the
+//!   mesh), and name its expected edge. Kamailio and OpenSIPS leave this name
+//!   check to the routing script.
+//! - Accepting a partner ([`FederationClientVerifier`]): a client certificate
+//!   is required, and it must chain to some partner's anchors and name that
+//!   partner's edge (allowed-server) or domain (allowed-domain). Which partner
+//!   it is comes out of [`PartnerSet::identify`], also used after the
+//!   handshake to label the connection.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use sipmesh_state::{Partner, PartnerMode, Topology};
+
+use crate::config::CrlExpired;
+use crate::sip::SipUri;
+use crate::trust::material::provider;
+use crate::trust::{rejection_of_tls, ClientCert, RejectReason, Rejection, TrustPolicy};
+
+/// The identities a certificate asserts for SIP (RFC 5922 §7.1), lower case,
+/// and whether they came from `sip:` URI SANs (which name a SIP domain).
+pub fn sip_identities(der: &[u8]) -> (Vec<String>, bool) {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return (Vec::new(), false);
+    };
+    let san = cert.subject_alternative_name().ok().flatten();
+    let has_san = san.is_some();
+    let names: Vec<&GeneralName> = san.map(|s| s.value.general_names.iter().collect()).unwrap_or_default();
+    let uris: Vec<String> = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) if u.to_ascii_lowercase().starts_with("sip:") => SipUri::parse(u)
+                .ok()
+                .filter(|u| u.user.is_none())
+                .map(|u| u.host.to_string().to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    if !uris.is_empty() {
+        return (uris, true);
+    }
+    let dns: Vec<String> = names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    if !dns.is_empty() || has_san {
+        return (dns, false);
+    }
+    let cns = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(|cn| cn.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    (cns, false)
+}
+
+/// Whether the certificate names `partner`'s edge: its expected edge name
+/// (allowed-server), or its domain (from a `sip:` URI SAN, or for an
+/// allowed-domain partner). Wildcards never match.
+pub fn names_partner(der: &[u8], partner: &Partner) -> bool {
+    let (ids, from_uri) = sip_identities(der);
+    let expected_edge = partner.edge.as_ref().map(|e| e.as_str().to_ascii_lowercase());
+    ids.iter().filter(|id| !id.contains('*')).any(|id| {
+        Some(id) == expected_edge.as_ref()
+            || ((from_uri || partner.mode == PartnerMode::AllowedDomain) && *id == partner.domain)
+    })
+}
+
+/// The name a partner's edge must carry, for messages and for SNI.
+pub fn expected_name(partner: &Partner) -> String {
+    partner
+        .edge
+        .as_ref()
+        .map_or_else(|| partner.domain.clone(), |e| e.as_str().to_owned())
+}
+
+fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejection {
+        reason,
+        presented_name,
+        detail,
+    }))))
+}
+
+fn presented(der: &[u8]) -> Option<String> {
+    sip_identities(der).0.into_iter().next()
+}
+
+/// One partner's anchors as a trust policy.
+struct PartnerTrust {
+    partner: Partner,
+    policy: Option<TrustPolicy>,
+}
+
+impl PartnerTrust {
+    fn new(partner: &Partner) -> PartnerTrust {
+        let mut roots = RootCertStore::empty();
+        let mut pem = partner.ca_pem.as_bytes();
+        for der in rustls_pemfile::certs(&mut pem).flatten() {
+            let _ = roots.add(der);
+        }
+        let policy = (!roots.is_empty()).then(|| TrustPolicy {
+            roots: Arc::new(roots),
+            crls: Vec::new(),
+            crl_expired: CrlExpired::Refuse,
+        });
+        PartnerTrust {
+            partner: partner.clone(),
+            policy,
+        }
+    }
+}
+
+/// The partners of one topology version, ready to judge certificates.
+pub struct PartnerSet {
+    version: u64,
+    partners: Vec<PartnerTrust>,
+}
+
+impl PartnerSet {
+    fn new(topology: &Topology) -> PartnerSet {
+        PartnerSet {
+            version: topology.version,
+            partners: topology.federation.partners.iter().map(PartnerTrust::new).collect(),
+        }
+    }
+
+    /// Which partner a client chain belongs to: the first whose anchors
+    /// verify it and whose edge it names. Otherwise the most telling
+    /// refusal: `name-mismatch` (a partner's CA, another name), a chain
+    /// error from a partner's CA (`expired`, `revoked`, ...), else
+    /// `unknown-ca`.
+    pub fn identify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<String, Rejection> {
+        let mut best: Option<Rejection> = None;
+        for t in &self.partners {
+            let Some(policy) = &t.policy else { continue };
+            let Ok(verifier) = policy.client_verifier(ClientCert::Required) else {
+                continue;
+            };
+            match verifier.verify_client_cert(end_entity, intermediates, now) {
+                Ok(_) if names_partner(end_entity, &t.partner) => return Ok(t.partner.domain.clone()),
+                Ok(_) => {
+                    best = Some(Rejection {
+                        reason: RejectReason::NameMismatch,
+                        presented_name: presented(end_entity),
+                        detail: format!(
+                            "certificate from {}'s CA does not name its edge {}",
+                            t.partner.domain,
+                            expected_name(&t.partner)
+                        ),
+                    })
+                }
+                Err(e) => {
+                    let r = rejection_of_tls(&e);
+                    if r.reason != RejectReason::UnknownCa && best.is_none() {
+                        best = Some(r);
+                    }
+                }
+            }
+        }
+        Err(best.unwrap_or_else(|| Rejection {
+            reason: RejectReason::UnknownCa,
+            presented_name: presented(end_entity),
+            detail: "the chain ends in no partner's trust anchors".into(),
+        }))
+    }
+}
+
+/// The partner set of the live topology, rebuilt when its version changes.
+#[derive(Clone)]
+pub struct LivePartners {
+    topology: Arc<ArcSwap<Topology>>,
+    cache: Arc<Mutex<Option<Arc<PartnerSet>>>>,
+}
+
+impl std::fmt::Debug for LivePartners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LivePartners")
+    }
+}
+
+impl LivePartners {
+    /// Follow `topology`.
+    pub fn new(topology: Arc<ArcSwap<Topology>>) -> LivePartners {
+        LivePartners {
+            topology,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The partners now.
+    pub fn current(&self) -> Arc<PartnerSet> {
+        let topology = self.topology.load();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cache {
+            Some(set) if set.version == topology.version => set.clone(),
+            _ => {
+                let set = Arc::new(PartnerSet::new(&topology));
+                *cache = Some(set.clone());
+                set
+            }
+        }
+    }
+}
+
+fn tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider().signature_verification_algorithms.supported_schemes()
+}
+
+/// The federation listener's check of a partner's client certificate.
+#[derive(Debug)]
+pub struct FederationClientVerifier {
+    /// The live partners.
+    pub partners: LivePartners,
+}
+
+impl ClientCertVerifier for FederationClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.partners
+            .current()
+            .identify(end_entity, intermediates, now)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|r| reject(r.reason, r.presented_name, r.detail))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// The check of one partner's edge when we dial it.
+#[derive(Debug)]
+pub struct PartnerServerVerifier {
+    partner: Partner,
+    webpki: Arc<dyn ServerCertVerifier>,
+}
+
+impl PartnerServerVerifier {
+    /// For `partner`; `None` when its document carries no usable anchor.
+    pub fn new(partner: &Partner) -> Option<PartnerServerVerifier> {
+        let trust = PartnerTrust::new(partner);
+        let webpki = trust.policy?.server_verifier().ok()?;
+        Some(PartnerServerVerifier {
+            partner: partner.clone(),
+            webpki,
+        })
+    }
+}
+
+impl ServerCertVerifier for PartnerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let expected = expected_name(&self.partner);
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Ok(_) => {}
+            Err(e) => {
+                let r = rejection_of_tls(&e);
+                let detail = match r.reason {
+                    RejectReason::NameMismatch => format!("certificate does not name {expected}"),
+                    _ => r.detail,
+                };
+                return Err(reject(
+                    r.reason,
+                    r.presented_name.or_else(|| presented(end_entity)),
+                    detail,
+                ));
+            }
+        }
+        if !names_partner(end_entity, &self.partner) {
+            return Err(reject(
+                RejectReason::NameMismatch,
+                presented(end_entity),
+                format!("certificate does not name {expected} (RFC 5922: no wildcards)"),
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}

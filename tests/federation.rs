@@ -1,0 +1,363 @@
+//! Federation between two organisations, each a local cluster started with
+//! `cluster up --nodes 1 --edge` (contoso.test and fabrikam.test, separate
+//! internal and external CAs), made partners with `cluster federate`:
+//! MESSAGE both ways between users on the front-ends, what crosses the
+//! boundary, and the refusals at the federation door.
+
+#![allow(dead_code)]
+
+mod common;
+mod sip_ua;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{debug, poll_until, tail, try_debug, ProcGuard, BIN};
+use serde_json::Value;
+use sip_ua::{hdr, text, Ua};
+use sipmesh::pki::{IssueOptions, Issued};
+use sipmesh_actors::sip::{HeaderName, SipMessage};
+
+const WAIT: Duration = Duration::from_secs(5);
+const UP: Duration = Duration::from_secs(60);
+
+/// One organisation: `cluster up --nodes 1 --edge --domain DOMAIN`.
+struct Org {
+    domain: String,
+    dir: PathBuf,
+    info: Value,
+    _launcher: ProcGuard,
+}
+
+impl Org {
+    fn up(parent: &Path, domain: &str) -> Org {
+        let dir = parent.join(domain);
+        let log = parent.join(format!("{domain}-launcher.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["cluster", "up", "--nodes", "1", "--edge", "--domain", domain, "--dir"])
+            .arg(&dir)
+            .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000", "--t1-ms", "50"]);
+        let mut launcher = ProcGuard::spawn(domain, cmd, &log);
+        let info = poll_until(UP, Duration::from_millis(50), || {
+            if let Some(status) = launcher.try_wait() {
+                panic!("cluster up {domain} exited ({status}):\n{}", tail(&log, 60));
+            }
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).ok()?).ok()?;
+            (v["nodes"]
+                .as_array()?
+                .iter()
+                .all(|n| n["pid"].as_u64().unwrap_or(0) > 0))
+            .then_some(v)
+        })
+        .unwrap_or_else(|| panic!("no cluster.json for {domain}:\n{}", tail(&log, 60)));
+        let org = Org {
+            domain: domain.to_owned(),
+            dir,
+            info,
+            _launcher: launcher,
+        };
+        poll_until(UP, Duration::from_millis(50), || {
+            org.sockets()
+                .iter()
+                .all(|s| try_debug(s, "status").is_ok_and(|v| v["links_up"] == 1))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{domain}: front-end and edge never linked:\n{}", tail(&log, 60)));
+        org
+    }
+
+    fn node(&self, fqdn_prefix: &str) -> &Value {
+        self.info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["fqdn"].as_str().unwrap().starts_with(fqdn_prefix))
+            .unwrap_or_else(|| panic!("{}: no node {fqdn_prefix}", self.domain))
+    }
+
+    fn sockets(&self) -> Vec<PathBuf> {
+        self.info["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| PathBuf::from(n["debug_socket"].as_str().unwrap()))
+            .collect()
+    }
+
+    fn edge_socket(&self) -> PathBuf {
+        PathBuf::from(self.node("edge1.")["debug_socket"].as_str().unwrap())
+    }
+
+    fn federation_addr(&self) -> std::net::SocketAddr {
+        self.info["edge"]["federation_addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn federation_ca(&self) -> PathBuf {
+        PathBuf::from(self.info["edge"]["federation_ca"].as_str().unwrap())
+    }
+
+    fn federation_ca_dir(&self) -> PathBuf {
+        self.federation_ca().parent().unwrap().to_owned()
+    }
+
+    fn password(&self, user: &str) -> String {
+        let aor = format!("sip:{user}@{}", self.domain);
+        self.info["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["aor"] == aor.as_str())
+            .and_then(|u| u["password"].as_str())
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn registered(&self, user: &str) -> Ua {
+        let fe = self.node("fe1.");
+        let addr = fe["client_addr"].as_str().unwrap().parse().unwrap();
+        let ca = PathBuf::from(self.info["ca"].as_str().unwrap());
+        let mut ua = Ua::connect(addr, &ca, user, &self.password(user))
+            .await
+            .in_domain(&self.domain);
+        let ok = ua.register(600).await;
+        assert_eq!(ok.status(), Some(200), "{user}@{}: {}", self.domain, text(&ok));
+        ua
+    }
+
+    fn federation(&self) -> Value {
+        debug(&self.edge_socket(), "federation")
+    }
+}
+
+/// Both organisations up and federated; every node knows the partner.
+fn federated(parent: &Path) -> (Org, Org) {
+    let a = Org::up(parent, "contoso.test");
+    let b = Org::up(parent, "fabrikam.test");
+    let out = Command::new(BIN)
+        .args(["cluster", "federate", "--dir"])
+        .arg(&a.dir)
+        .arg("--dir")
+        .arg(&b.dir)
+        .output()
+        .expect("cluster federate");
+    assert!(
+        out.status.success(),
+        "cluster federate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("contoso.test: topology v2 names fabrikam.test as a partner"),
+        "{stdout}"
+    );
+    for org in [&a, &b] {
+        for s in org.sockets() {
+            poll_until(UP, Duration::from_millis(50), || {
+                (debug(&s, "federation")["partners"].as_array().map(Vec::len) == Some(1)).then_some(())
+            })
+            .unwrap_or_else(|| panic!("{}: partner never replicated to {}", org.domain, s.display()));
+        }
+    }
+    (a, b)
+}
+
+/// A MESSAGE from `from` to `to_aor`; the request `to` received and the final response.
+async fn message(from: &mut Ua, to: &mut Ua, body: &[u8]) -> (SipMessage, SipMessage) {
+    let target = to.aor.clone();
+    let sent = from
+        .request("MESSAGE", &target, &["Content-Type: text/plain".into()], body)
+        .await;
+    let got = to.recv_request_method("MESSAGE", WAIT).await;
+    to.respond(&got, 200, "OK", &[], b"").await;
+    let (_, fin) = from.final_response(&sent, WAIT).await;
+    (got, fin)
+}
+
+fn assert_nothing_internal(msg: &SipMessage, org: &str) {
+    let all = text(msg);
+    for internal in [format!("fe1.{org}"), format!("edge1.{org}")] {
+        assert!(
+            !all.contains(&internal),
+            "internal name {internal} crossed the boundary:\n{all}"
+        );
+    }
+    // Of the sender's side only its edge's Via, by its public name; the
+    // sending client's and the internal nodes' stayed behind.
+    let vias: Vec<&str> = msg.headers_named(HeaderName::Via).map(|h| h.value_str()).collect();
+    let theirs: Vec<&&str> = vias
+        .iter()
+        .filter(|v| v.contains(org) || v.contains("127.0.0.1"))
+        .collect();
+    assert_eq!(theirs.len(), 1, "{all}");
+    assert!(theirs[0].starts_with(&format!("SIP/2.0/TLS sip.{org}:")), "{all}");
+    assert!(msg.headers_named(HeaderName::RecordRoute).next().is_none(), "{all}");
+    assert!(
+        !all.to_ascii_lowercase().contains("authorization:"),
+        "credentials crossed:\n{all}"
+    );
+    assert!(!all.contains("P-Asserted-Identity"), "assertion crossed:\n{all}");
+}
+
+#[tokio::test]
+async fn message_both_ways_between_two_organisations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = federated(tmp.path());
+    let mut alice = a.registered("alice").await;
+    let mut bob = b.registered("bob").await;
+
+    let body = b"hello fabrikam \x00\xff bytes";
+    let (got, fin) = message(&mut alice, &mut bob, body).await;
+    assert_eq!(fin.status(), Some(200), "{}", text(&fin));
+    assert_eq!(&got.body[..], body, "body byte-identical");
+    assert_eq!(
+        hdr(&got, HeaderName::From).split(';').next().unwrap(),
+        "<sip:alice@contoso.test>"
+    );
+    let mark: Vec<_> = got
+        .headers
+        .iter()
+        .filter(|h| h.raw_name.eq_ignore_ascii_case(b"P-Sipmesh-Partner"))
+        .collect();
+    assert_eq!(mark.len(), 1, "one mark, from fabrikam's edge:\n{}", text(&got));
+    assert_eq!(mark[0].value_str(), "contoso.test");
+    assert_nothing_internal(&got, "contoso.test");
+
+    let (back, fin) = message(&mut bob, &mut alice, b"hello contoso").await;
+    assert_eq!(fin.status(), Some(200), "{}", text(&fin));
+    assert_eq!(&back.body[..], b"hello contoso");
+    assert_nothing_internal(&back, "fabrikam.test");
+
+    let rows = a.federation()["partners"].clone();
+    assert_eq!(rows[0]["domain"], "fabrikam.test");
+    assert_eq!(rows[0]["state"], "up");
+    assert_eq!(rows[0]["requests_out"], 1);
+    assert_eq!(rows[0]["requests_in"], 1);
+
+    // Not a partner, and a partner's transit: refused with the rule's reason.
+    let sent = alice
+        .request(
+            "MESSAGE",
+            "sip:carol@northwind.test",
+            &["Content-Type: text/plain".into()],
+            b"x",
+        )
+        .await;
+    let (_, fin) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(
+        (fin.status(), sip_ua::reason(&fin)),
+        (Some(403), "Domain Not Allowed".to_owned())
+    );
+}
+
+/// A fake partner edge: TLS to `org`'s federation listener presenting `cert`.
+async fn partner_ua(org: &Org, cert: &Issued, user: &str, domain: &str) -> Ua {
+    Ua::connect_with_cert(org.federation_addr(), &org.federation_ca(), user, cert)
+        .await
+        .in_domain(domain)
+}
+
+fn issue(ca_dir: &Path, fqdn: &str, out: &Path) -> Issued {
+    let mut o = IssueOptions::new(fqdn);
+    o.ips = vec!["127.0.0.1".parse().unwrap()];
+    sipmesh::pki::issue(ca_dir, &o, out).unwrap()
+}
+
+#[tokio::test]
+async fn the_federation_door_refuses_strangers_impostors_and_spoofed_domains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = federated(tmp.path());
+    let mut alice = a.registered("alice").await;
+
+    // fabrikam's real external CA, the right name: accepted; From must be fabrikam's.
+    let good = issue(&b.federation_ca_dir(), "sip.fabrikam.test", &tmp.path().join("good"));
+    let mut partner = partner_ua(&a, &good, "mallory", "evil.test").await;
+    let sent = partner
+        .request(
+            "MESSAGE",
+            "sip:alice@contoso.test",
+            &["Content-Type: text/plain".into()],
+            b"spoof",
+        )
+        .await;
+    let (_, fin) = partner.final_response(&sent, WAIT).await;
+    assert_eq!(fin.status(), Some(403), "{}", text(&fin));
+    assert_eq!(sip_ua::reason(&fin), "Forbidden (federation: from-domain-mismatch)");
+    // Transit to a third domain through us: refused.
+    let mut partner = partner.in_domain("fabrikam.test");
+    let sent = partner
+        .request(
+            "MESSAGE",
+            "sip:someone@northwind.test",
+            &["Content-Type: text/plain".into()],
+            b"relay",
+        )
+        .await;
+    let (_, fin) = partner.final_response(&sent, WAIT).await;
+    assert_eq!(sip_ua::reason(&fin), "Forbidden (federation: not-our-domain)");
+    // A forged internal assertion and mark are stripped; ours is added.
+    let sent = partner
+        .request(
+            "MESSAGE",
+            "sip:alice@contoso.test",
+            &[
+                "Content-Type: text/plain".into(),
+                "P-Asserted-Identity: <sip:ceo@contoso.test>".into(),
+                "P-Sipmesh-Partner: contoso.test".into(),
+            ],
+            b"ok",
+        )
+        .await;
+    let got = alice.recv_request_method("MESSAGE", WAIT).await;
+    alice.respond(&got, 200, "OK", &[], b"").await;
+    let (_, fin) = partner.final_response(&sent, WAIT).await;
+    assert_eq!(fin.status(), Some(200));
+    assert!(!text(&got).contains("sip:ceo@contoso.test"), "{}", text(&got));
+    let marks: Vec<&str> = got
+        .headers
+        .iter()
+        .filter(|h| h.raw_name.eq_ignore_ascii_case(b"P-Sipmesh-Partner"))
+        .map(|h| h.value_str())
+        .collect();
+    assert_eq!(marks, vec!["fabrikam.test"]);
+    alice.expect_silence(Duration::from_millis(300)).await;
+
+    // A certificate from fabrikam's CA naming another edge, and one from a
+    // CA nobody trusts: refused in the handshake, nothing delivered.
+    let wrong = issue(&b.federation_ca_dir(), "other.fabrikam.test", &tmp.path().join("wrong"));
+    let rogue_ca = tmp.path().join("rogue-ca");
+    sipmesh::pki::init_ca(&rogue_ca, "Rogue Root").unwrap();
+    let rogue = issue(&rogue_ca, "sip.fabrikam.test", &tmp.path().join("rogue"));
+    for cert in [&wrong, &rogue] {
+        let mut ua = partner_ua(&a, cert, "mallory", "fabrikam.test").await;
+        let _ = ua
+            .request(
+                "MESSAGE",
+                "sip:alice@contoso.test",
+                &["Content-Type: text/plain".into()],
+                b"no",
+            )
+            .await;
+        assert!(
+            ua.recv(Duration::from_secs(2)).await.is_none(),
+            "an impostor got an answer"
+        );
+    }
+    alice.expect_silence(Duration::from_millis(300)).await;
+    let fed = a.federation();
+    assert_eq!(fed["strangers"]["name-mismatch"], 1, "{fed}");
+    assert_eq!(fed["strangers"]["unknown-ca"], 1, "{fed}");
+    let refusals = &fed["partners"][0]["refusals"];
+    assert_eq!(refusals["from-domain-mismatch"], 1, "{fed}");
+    let rejections = debug(&a.edge_socket(), "rejections");
+    let reasons: Vec<&str> = rejections
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"name-mismatch") && reasons.contains(&"unknown-ca"),
+        "{rejections}"
+    );
+}
