@@ -266,21 +266,32 @@ mod tests {
             parse(None, Some("2"), Some("mesh:client"), ME).unwrap(),
             Some(Named {
                 mesh: Some(0),
-                client: Some(1)
+                client: Some(1),
+                federation: None,
             })
         );
         assert_eq!(
             parse(Some("4242"), Some("2"), Some("client:mesh"), ME).unwrap(),
             Some(Named {
                 mesh: Some(1),
-                client: Some(0)
+                client: Some(0),
+                federation: None,
+            })
+        );
+        assert_eq!(
+            parse(None, Some("3"), Some("mesh:client:federation"), ME).unwrap(),
+            Some(Named {
+                mesh: Some(0),
+                client: Some(1),
+                federation: Some(2),
             })
         );
         assert_eq!(
             parse(Some(""), Some("1"), Some("client"), ME).unwrap(),
             Some(Named {
                 mesh: None,
-                client: Some(0)
+                client: Some(0),
+                federation: None,
             })
         );
     }
@@ -322,16 +333,16 @@ mod tests {
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:sip")),
-            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh or client)"#
+            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh, client or federation)"#
         );
         // systemd's default name is the socket unit's name.
         assert_eq!(
             err(None, Some("1"), Some("sipmesh.socket")),
-            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh or client)"#
+            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client or federation)"#
         );
         assert_eq!(
             err(None, Some("1"), Some("")),
-            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh or client)"#
+            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh, client or federation)"#
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:mesh")),

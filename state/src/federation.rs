@@ -108,7 +108,7 @@ impl Federation {
     /// The verdict for `domain` (compared case-insensitively).
     pub fn verdict(&self, domain: &str) -> DomainVerdict<'_> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        if self.blocked_domains.iter().any(|d| *d == domain) {
+        if self.blocked_domains.contains(&domain) {
             return DomainVerdict::Blocked;
         }
         match self.partners.iter().find(|p| p.domain == domain) {
