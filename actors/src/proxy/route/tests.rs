@@ -143,6 +143,7 @@ impl RoutingView for View {
         RecordRouteAs {
             client: "127.0.0.1:5061",
             mesh: "198.18.0.1:5071".parse().unwrap(),
+            federation: None,
         }
     }
 }
