@@ -361,3 +361,99 @@ async fn the_federation_door_refuses_strangers_impostors_and_spoofed_domains() {
         "{rejections}"
     );
 }
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+fn record_routes(msg: &SipMessage) -> Vec<String> {
+    msg.record_routes().unwrap().into_iter().map(|na| na.raw_uri).collect()
+}
+
+/// `caller` calls `callee` across the boundary, the callee answers, the
+/// caller ACKs, the callee hangs up: every request of the dialog arrives.
+/// Returns the INVITE as the callee saw it and the 200 as the caller saw it.
+async fn call_and_hang_up(caller: &mut Ua, callee: &mut Ua) -> (SipMessage, SipMessage) {
+    let target = callee.aor.clone();
+    let invite = caller
+        .request(
+            "INVITE",
+            &target,
+            &["Content-Type: application/sdp".into()],
+            SDP.as_bytes(),
+        )
+        .await;
+    let inv = callee.recv_request_method("INVITE", WAIT).await;
+    assert_eq!(&inv.body[..], SDP.as_bytes());
+    let contact = format!("Contact: <{}>", callee.contact_uri());
+    callee.respond(&inv, 200, "OK", &[contact], b"").await;
+    let (_, ok) = caller.final_response(&invite, WAIT).await;
+    assert_eq!(ok.status(), Some(200), "{}", text(&ok));
+    sip_ua::Dialog::uac(&invite, &ok).ack(caller).await;
+    let ack = callee.recv_request_method("ACK", WAIT).await;
+    assert_eq!(sip_ua::request_uri(&ack), callee.contact_uri(), "{}", text(&ack));
+    // The callee hangs up through the route set it got in the INVITE.
+    let mut dialog = sip_ua::Dialog::uas(&inv);
+    let bye = dialog.send_request(callee, "BYE").await;
+    let got = caller.recv_request_method("BYE", WAIT).await;
+    assert_eq!(sip_ua::request_uri(&got), caller.contact_uri(), "{}", text(&got));
+    caller.respond(&got, 200, "OK", &[], b"").await;
+    let (_, fin) = callee.final_response(&bye, WAIT).await;
+    assert_eq!(fin.status(), Some(200), "BYE answered: {}", text(&fin));
+    (inv, ok)
+}
+
+#[tokio::test]
+async fn invite_dialogs_cross_the_boundary_both_ways_with_internal_routes_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = federated(tmp.path());
+    let mut alice = a.registered("alice").await;
+    let mut bob = b.registered("bob").await;
+
+    let (inv, ok) = call_and_hang_up(&mut alice, &mut bob).await;
+    // bob's INVITE: contoso is one sealed entry, named by its public name.
+    let rr = record_routes(&inv);
+    let host = |e: &str| e.split(';').next().unwrap_or_default().to_owned();
+    let contoso: Vec<&String> = rr.iter().filter(|e| host(e).contains("contoso")).collect();
+    assert_eq!(contoso.len(), 1, "{rr:?}");
+    assert!(
+        contoso[0].starts_with("sip:sip.contoso.test:") && contoso[0].contains(";ih="),
+        "{rr:?}"
+    );
+    assert_eq!(
+        rr.last(),
+        Some(contoso[0]),
+        "contoso's entry is the first recorded: {rr:?}"
+    );
+    assert!(!text(&inv).contains("fe1.contoso.test") && !text(&inv).contains("edge1.contoso.test"));
+    // alice's 200: fabrikam is one sealed entry on top, then contoso's own
+    // four (edge towards fabrikam, edge and fe1 on the mesh, fe1 towards alice).
+    let rr = record_routes(&ok);
+    assert_eq!(rr.len(), 5, "{rr:?}");
+    assert!(
+        rr[0].starts_with("sip:sip.fabrikam.test:") && rr[0].contains(";ih="),
+        "{rr:?}"
+    );
+    assert!(
+        rr[1].starts_with("sip:sip.contoso.test:") && rr[1].contains(";fed=fabrikam.test"),
+        "{rr:?}"
+    );
+    assert!(
+        !rr.iter()
+            .skip(1)
+            .any(|e| e.contains("fabrikam.test") && !e.contains("fed=")),
+        "{rr:?}"
+    );
+
+    // And the other way: bob calls alice, alice hangs up.
+    let (inv, _) = call_and_hang_up(&mut bob, &mut alice).await;
+    let fab: Vec<String> = record_routes(&inv)
+        .into_iter()
+        .filter(|e| host(e).contains("fabrikam"))
+        .collect();
+    assert_eq!(fab.len(), 1, "{fab:?}");
+    assert!(fab[0].starts_with("sip:sip.fabrikam.test:"), "{fab:?}");
+    let rows = a.federation()["partners"].clone();
+    // Out: the first call's INVITE and ACK, the second call's BYE (alice
+    // hung up); in: the first call's BYE, the second call's INVITE and ACK.
+    assert_eq!(rows[0]["requests_out"], 3, "{rows}");
+    assert_eq!(rows[0]["requests_in"], 3, "{rows}");
+}
