@@ -457,3 +457,109 @@ async fn invite_dialogs_cross_the_boundary_both_ways_with_internal_routes_sealed
     assert_eq!(rows[0]["requests_out"], 3, "{rows}");
     assert_eq!(rows[0]["requests_in"], 3, "{rows}");
 }
+
+/// Publish `org`'s topology changed by `change` (next version, signed with
+/// its admin key) and wait until every node of `org` runs it.
+fn republish(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology)) {
+    use sipmesh_state::{signed, AdminKey, Topology};
+    let path = PathBuf::from(org.info["topology"].as_str().unwrap());
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut t = Topology::from_toml_str(signed::unsigned_content(&doc)).unwrap();
+    t.version += 1;
+    change(&mut t);
+    let key = AdminKey::load(Path::new(org.info["topology_key"].as_str().unwrap())).unwrap();
+    let signed_doc = key.sign(&t.to_toml_string());
+    let request = serde_json::json!({"cmd": "publish", "document": signed_doc}).to_string();
+    let result = debug(&org.edge_socket(), &request);
+    assert_eq!(result["applied"], true, "{result}");
+    for s in org.sockets() {
+        poll_until(UP, Duration::from_millis(50), || {
+            (debug(&s, "topology")["version"] == t.version).then_some(())
+        })
+        .unwrap_or_else(|| panic!("v{} never reached {}", t.version, s.display()));
+    }
+}
+
+#[tokio::test]
+async fn blocked_domains_and_partner_rates_are_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = federated(tmp.path());
+    republish(&a, |t| {
+        t.federation.blocked_domains = vec!["blocked.test".into()];
+        t.federation.partners[0].max_rate = Some(5);
+    });
+    let mut alice = a.registered("alice").await;
+
+    // Outbound to a blocked domain, and inbound from one.
+    let sent = alice
+        .request(
+            "MESSAGE",
+            "sip:x@blocked.test",
+            &["Content-Type: text/plain".into()],
+            b"x",
+        )
+        .await;
+    let (_, fin) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(
+        (fin.status(), sip_ua::reason(&fin)),
+        (Some(403), "Forbidden (federation: blocked-domain)".to_owned())
+    );
+    let cert = issue(&b.federation_ca_dir(), "sip.fabrikam.test", &tmp.path().join("edge"));
+    let mut partner = partner_ua(&a, &cert, "eve", "blocked.test").await;
+    let sent = partner
+        .request(
+            "MESSAGE",
+            "sip:alice@contoso.test",
+            &["Content-Type: text/plain".into()],
+            b"x",
+        )
+        .await;
+    let (_, fin) = partner.final_response(&sent, WAIT).await;
+    assert_eq!(sip_ua::reason(&fin), "Forbidden (federation: blocked-domain)");
+    alice.expect_silence(Duration::from_millis(200)).await;
+
+    // 20 requests at once against max_rate = 5: the bucket holds 5, the rest
+    // get 503 with Retry-After until it refills.
+    let mut partner = partner.in_domain("fabrikam.test");
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let body = format!("burst {i}");
+        sent.push(
+            partner
+                .request(
+                    "MESSAGE",
+                    "sip:alice@contoso.test",
+                    &["Content-Type: text/plain".into()],
+                    body.as_bytes(),
+                )
+                .await,
+        );
+    }
+    let mut delivered = 0;
+    while let Some(m) = alice.recv(Duration::from_millis(500)).await {
+        if m.method().map(|m| m.as_str()) == Some("MESSAGE") {
+            alice.respond(&m, 200, "OK", &[], b"").await;
+            delivered += 1;
+        }
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for s in &sent {
+        let (_, fin) = partner.final_response(s, WAIT).await;
+        match fin.status() {
+            Some(200) => ok += 1,
+            Some(503) => {
+                assert_eq!(sip_ua::reason(&fin), "Service Unavailable (federation: rate-limited)");
+                assert_eq!(hdr(&fin, HeaderName::RetryAfter), "1");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}: {}", text(&fin)),
+        }
+    }
+    assert_eq!(ok + limited, 20);
+    assert_eq!(ok, delivered, "every 200 is a delivered request");
+    assert!(ok >= 5, "the bucket starts full: {ok} answered");
+    assert!(limited >= 1, "20 requests at once exceed 5/s: {ok} answered");
+    let fed = a.federation();
+    assert_eq!(fed["partners"][0]["refusals"]["rate-limited"], limited, "{fed}");
+    assert_eq!(fed["partners"][0]["refusals"]["blocked-domain"], 1, "{fed}");
+}
