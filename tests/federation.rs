@@ -563,3 +563,50 @@ async fn blocked_domains_and_partner_rates_are_enforced() {
     assert_eq!(fed["partners"][0]["refusals"]["rate-limited"], limited, "{fed}");
     assert_eq!(fed["partners"][0]["refusals"]["blocked-domain"], 1, "{fed}");
 }
+
+#[tokio::test]
+async fn a_partner_certificate_revoked_by_its_crl_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = federated(tmp.path());
+    let mut alice = a.registered("alice").await;
+    let ca_dir = b.federation_ca_dir();
+    let cert = issue(&ca_dir, "sip.fabrikam.test", &tmp.path().join("edge2"));
+    // Valid before the CRL is published.
+    let mut partner = partner_ua(&a, &cert, "bob", "fabrikam.test").await;
+    let sent = partner
+        .request(
+            "MESSAGE",
+            "sip:alice@contoso.test",
+            &["Content-Type: text/plain".into()],
+            b"before",
+        )
+        .await;
+    let got = alice.recv_request_method("MESSAGE", WAIT).await;
+    alice.respond(&got, 200, "OK", &[], b"").await;
+    assert_eq!(partner.final_response(&sent, WAIT).await.1.status(), Some(200));
+
+    sipmesh::pki::revoke(&ca_dir, &cert.serial).unwrap();
+    let crl = tmp.path().join("fabrikam-federation.crl");
+    sipmesh::pki::write_crl(&ca_dir, &crl).unwrap();
+    let crl_pem = std::fs::read_to_string(&crl).unwrap();
+    republish(&a, |t| t.federation.partners[0].crl_pem = Some(crl_pem));
+    let mut again = partner_ua(&a, &cert, "bob", "fabrikam.test").await;
+    let _ = again
+        .request(
+            "MESSAGE",
+            "sip:alice@contoso.test",
+            &["Content-Type: text/plain".into()],
+            b"after",
+        )
+        .await;
+    assert!(
+        again.recv(Duration::from_secs(2)).await.is_none(),
+        "a revoked edge got an answer"
+    );
+    alice.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(a.federation()["strangers"]["revoked"], 1, "{}", a.federation());
+    // fabrikam's real edge is not revoked: federation still works.
+    let mut bob = b.registered("bob").await;
+    let (_, fin) = message(&mut alice, &mut bob, b"still partners").await;
+    assert_eq!(fin.status(), Some(200), "{}", text(&fin));
+}

@@ -79,6 +79,7 @@ pub fn federate(dirs: &[PathBuf]) -> anyhow::Result<()> {
             edge: Some(sipmesh_state::Fqdn::new(&edge.federation_fqdn)?),
             address: Some(edge.federation_addr.to_string()),
             ca_pem,
+            crl_pem: None,
             max_rate: None,
         })
     };

@@ -72,6 +72,9 @@ pub struct Partner {
     pub address: Option<String>,
     /// Its trust anchors, PEM, embedded at sign time.
     pub ca_pem: String,
+    /// Its CA's revocation list(s), PEM, embedded at sign time (`crl_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_pem: Option<String>,
     /// Requests per second accepted from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<u32>,
@@ -143,6 +146,8 @@ pub(crate) struct RawPartner {
     address: Option<toml::Value>,
     ca_file: Option<toml::Value>,
     ca_pem: Option<toml::Value>,
+    crl_file: Option<toml::Value>,
+    crl_pem: Option<toml::Value>,
     max_rate: Option<toml::Value>,
 }
 
@@ -237,6 +242,8 @@ pub(crate) fn parse(
         let address = string("address", &p.address);
         let ca_file = string("ca_file", &p.ca_file);
         let ca_pem_s = string("ca_pem", &p.ca_pem);
+        let crl_file = string("crl_file", &p.crl_file);
+        let crl_pem_s = string("crl_pem", &p.crl_pem);
         let domain = match domain_s {
             None => {
                 issue("missing field \"domain\"".into());
@@ -299,6 +306,32 @@ pub(crate) fn parse(
             }
         };
         let ca_pem = ca_pem.and_then(|pem| check_pem(&pem).map(|_| pem).map_err(&mut issue).ok());
+        let crl_pem = match (crl_pem_s, crl_file) {
+            (Some(_), Some(_)) => {
+                issue("both crl_file and crl_pem: give one".into());
+                None
+            }
+            (Some(pem), None) => Some(pem),
+            (None, Some(file)) => match base {
+                Some(dir) => std::fs::read_to_string(dir.join(&file))
+                    .map_err(|e| issue(format!("crl_file {}: {e}", dir.join(&file).display())))
+                    .ok(),
+                None => {
+                    issue(format!(
+                        "crl_file \"{file}\" is not embedded: sign the topology with `sipmesh topology sign`, which embeds it as crl_pem"
+                    ));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let crl_pem = crl_pem.filter(|pem| {
+            let ok = pem.len() <= MAX_PARTNER_PEM && pem.contains("-----BEGIN X509 CRL-----");
+            if !ok {
+                issue(format!("crl_pem: no X509 CRL, or more than {MAX_PARTNER_PEM} bytes"));
+            }
+            ok
+        });
         let max_rate = match p.max_rate {
             None => None,
             Some(toml::Value::Integer(n)) if n >= 1 && n <= u32::MAX as i64 => Some(n as u32),
@@ -319,6 +352,7 @@ pub(crate) fn parse(
                 edge,
                 address,
                 ca_pem,
+                crl_pem,
                 max_rate,
             });
         }
@@ -326,8 +360,8 @@ pub(crate) fn parse(
     fed
 }
 
-/// Replace every `ca_file = "..."` of the `[[partner]]` entries of a topology
-/// text by `ca_pem` with the file's contents (relative paths from `base`), so
+/// Replace every `ca_file = "..."` (and `crl_file`) of the `[[partner]]`
+/// entries of a topology text by `ca_pem` (`crl_pem`) with the file's contents (relative paths from `base`), so
 /// the anchors travel in the signed document.
 pub fn embed_ca_files(text: &str, base: &Path) -> Result<String, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| format!("topology syntax error: {e}"))?;
@@ -337,15 +371,17 @@ pub fn embed_ca_files(text: &str, base: &Path) -> Result<String, String> {
     let mut changed = false;
     for (i, p) in partners.iter_mut().enumerate() {
         let Some(table) = p.as_table_mut() else { continue };
-        let Some(file) = table.get("ca_file").and_then(toml::Value::as_str).map(str::to_owned) else {
-            continue;
-        };
-        let path = base.join(&file);
-        let pem = std::fs::read_to_string(&path)
-            .map_err(|e| format!("partner #{}: ca_file {}: {e}", i + 1, path.display()))?;
-        table.remove("ca_file");
-        table.insert("ca_pem".into(), toml::Value::String(pem));
-        changed = true;
+        for (file_key, pem_key) in [("ca_file", "ca_pem"), ("crl_file", "crl_pem")] {
+            let Some(file) = table.get(file_key).and_then(toml::Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            let path = base.join(&file);
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| format!("partner #{}: {file_key} {}: {e}", i + 1, path.display()))?;
+            table.remove(file_key);
+            table.insert(pem_key.into(), toml::Value::String(pem));
+            changed = true;
+        }
     }
     if !changed {
         return Ok(text.to_owned());

@@ -235,6 +235,8 @@ pub struct Federation {
     seal: LessSafeKey,
     /// Counters of the federation listener's door.
     pub accept: Arc<AcceptStats>,
+    /// When each refusal reason was last logged.
+    logged: Mutex<BTreeMap<&'static str, Instant>>,
 }
 
 impl Federation {
@@ -250,6 +252,7 @@ impl Federation {
             dial_tx: None,
             seal: new_seal(),
             accept: Arc::default(),
+            logged: Mutex::default(),
         }
     }
 
@@ -296,6 +299,7 @@ impl Federation {
                 dial_tx: Some(dial_tx),
                 seal: new_seal(),
                 accept: Arc::default(),
+                logged: Mutex::default(),
             },
             dial_rx,
         ))
@@ -315,28 +319,38 @@ impl Federation {
     }
 
     /// Count a refusal of a request or connection of `domain` (a partner or
-    /// not), and log it.
+    /// not), and log it at most once per [`crate::proxy::REFUSAL_LOG_INTERVAL`]
+    /// per reason (strangers can cause them at will).
     pub fn refused(&self, domain: Option<&str>, reason: &'static str, detail: &str) {
-        match domain.filter(|d| self.partner(d).is_some()) {
-            Some(d) => {
-                *self
-                    .state(d)
-                    .refusals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(reason)
-                    .or_default() += 1
+        let bump = |r: &mut BTreeMap<&'static str, u64>| {
+            let n = r.entry(reason).or_default();
+            *n += 1;
+            *n
+        };
+        let total = match domain.filter(|d| self.partner(d).is_some()) {
+            Some(d) => bump(&mut self.state(d).refusals.lock().unwrap_or_else(|p| p.into_inner())),
+            None => bump(&mut self.strangers.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        let now = Instant::now();
+        let due = {
+            let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+            let due = logged
+                .get(reason)
+                .is_none_or(|t| now.duration_since(*t) >= crate::proxy::REFUSAL_LOG_INTERVAL);
+            if due {
+                logged.insert(reason, now);
             }
-            None => {
-                *self
-                    .strangers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(reason)
-                    .or_default() += 1
-            }
+            due
+        };
+        if due {
+            tracing::warn!(
+                partner = domain.unwrap_or("-"),
+                reason,
+                total,
+                detail,
+                "federation refusal"
+            );
         }
-        tracing::info!(partner = domain.unwrap_or("-"), reason, detail, "federation refusal");
     }
 
     /// A request came in from `domain`: counted, and judged against its rate.

@@ -115,9 +115,12 @@ impl PartnerTrust {
         for der in rustls_pemfile::certs(&mut pem).flatten() {
             let _ = roots.add(der);
         }
+        // The partner's CRLs, checked like ours (per issuer, expiry refused).
+        let mut crl_pem = partner.crl_pem.as_deref().unwrap_or_default().as_bytes();
+        let crls = rustls_pemfile::crls(&mut crl_pem).flatten().collect();
         let policy = (!roots.is_empty()).then(|| TrustPolicy {
             roots: Arc::new(roots),
-            crls: Vec::new(),
+            crls,
             crl_expired: CrlExpired::Refuse,
         });
         PartnerTrust {
