@@ -43,8 +43,12 @@ enum Command {
         socket: PathBuf,
         /// status | links | members | rejections | topology | registrations | federation | reload | check | log-level | help
         cmd: String,
-        /// The argument of `log-level` (a RUST_LOG filter, e.g. `debug`).
-        arg: Option<String>,
+        /// Arguments: `log-level FILTER` (a RUST_LOG filter, e.g. `debug`),
+        /// `federation explain DOMAIN`.
+        args: Vec<String>,
+        /// For `federation explain`: the From AOR of an inbound request to judge.
+        #[arg(long)]
+        from: Option<String>,
         /// Print JSON for scripts instead of a table.
         #[arg(long)]
         json: bool,
@@ -447,16 +451,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ctl {
             socket,
             cmd,
-            arg,
+            args,
+            from,
             json,
             days,
         } => {
-            let mut request = serde_json::json!({ "cmd": cmd });
+            let (cmd, request) = match (cmd.as_str(), args.as_slice()) {
+                ("federation", [explain, domain]) if explain == "explain" => {
+                    let mut r = serde_json::json!({"cmd": "federation-explain", "domain": domain});
+                    if let Some(from) = &from {
+                        r["from"] = from.as_str().into();
+                    }
+                    ("federation-explain".to_owned(), r)
+                }
+                ("federation", [explain]) if explain == "explain" => {
+                    anyhow::bail!("federation explain: give the domain, e.g. `federation explain fabrikam.test`")
+                }
+                (_, []) => (cmd.clone(), serde_json::json!({ "cmd": cmd })),
+                ("log-level", [level]) => (cmd.clone(), serde_json::json!({ "cmd": cmd, "level": level })),
+                (_, extra) => anyhow::bail!("{cmd}: unexpected arguments {extra:?}"),
+            };
+            let mut request = request;
             if let Some(days) = days {
                 request["days"] = days.into();
-            }
-            if let Some(level) = arg {
-                request["level"] = level.into();
             }
             let result = ctl::request(&socket, &request)?;
             let text = if json {

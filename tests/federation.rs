@@ -562,6 +562,62 @@ async fn blocked_domains_and_partner_rates_are_enforced() {
     let fed = a.federation();
     assert_eq!(fed["partners"][0]["refusals"]["rate-limited"], limited, "{fed}");
     assert_eq!(fed["partners"][0]["refusals"]["blocked-domain"], 1, "{fed}");
+
+    // `federation explain`, from the front-end (not the edge), gives the
+    // verdict each case above got.
+    let ok = explain(&a, &["fabrikam.test"]);
+    assert!(ok["verdict"].as_str().unwrap().starts_with("allowed"), "{ok}");
+    assert_eq!(ok["partner_edge"], "sip.fabrikam.test");
+    assert_eq!(ok["address"], b.federation_addr().to_string());
+    assert_eq!(ok["resolved"], serde_json::json!([b.federation_addr().to_string()]));
+    assert_eq!(ok["max_rate"], 5);
+    assert_eq!(ok["edges"][0]["fqdn"], "edge1.contoso.test");
+    assert_eq!(ok["edges"][0]["link"], "up");
+    assert!(
+        ok["anchors"][0]
+            .as_str()
+            .unwrap()
+            .contains("fabrikam.test Federation Root CA"),
+        "{ok}"
+    );
+    let blocked = explain(&a, &["blocked.test"]);
+    assert_eq!(blocked["rule"], "federation.blocked_domains");
+    assert!(
+        blocked["verdict"].as_str().unwrap().contains("blocked-domain"),
+        "{blocked}"
+    );
+    let stranger = explain(&a, &["northwind.test"]);
+    assert!(
+        stranger["verdict"].as_str().unwrap().contains("403 Domain Not Allowed"),
+        "{stranger}"
+    );
+    let spoof = explain(&a, &["fabrikam.test", "--from", "sip:mallory@evil.test"]);
+    assert_eq!(
+        spoof["inbound"],
+        "refused: 403 Forbidden (federation: from-domain-mismatch)"
+    );
+    let from_blocked = explain(&a, &["fabrikam.test", "--from", "sip:eve@blocked.test"]);
+    assert_eq!(
+        from_blocked["inbound"],
+        "refused: 403 Forbidden (federation: blocked-domain)"
+    );
+    let partner_from = explain(&a, &["fabrikam.test", "--from", "sip:bob@fabrikam.test"]);
+    assert!(
+        partner_from["inbound"].as_str().unwrap().starts_with("allowed"),
+        "{partner_from}"
+    );
+}
+
+/// `sipmesh ctl --socket <org's fe1> federation explain ARGS --json`.
+fn explain(org: &Org, args: &[&str]) -> Value {
+    let socket = org.node("fe1.")["debug_socket"].as_str().unwrap().to_owned();
+    let out = Command::new(BIN)
+        .args(["ctl", "--socket", &socket, "--json", "federation", "explain"])
+        .args(args)
+        .output()
+        .expect("sipmesh ctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test]

@@ -76,6 +76,36 @@ pub fn render(cmd: &str, result: &Value) -> String {
             }
             t.to_string()
         }
+        "federation-explain" => {
+            let mut out = String::new();
+            for key in [
+                "domain",
+                "rule",
+                "verdict",
+                "inbound",
+                "from",
+                "mode",
+                "partner_edge",
+                "address",
+                "resolved",
+                "name_checked",
+                "anchors",
+                "crl",
+                "max_rate",
+                "edges",
+                "topology_version",
+            ] {
+                let v = &result[key];
+                if !v.is_null() {
+                    let shown = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    out += &format!("{key:>16}: {shown}\n");
+                }
+            }
+            out.trim_end().to_owned()
+        }
         "federation" => {
             let partners = result["partners"].as_array().cloned().unwrap_or_default();
             let mut out = match &result["edge"] {

@@ -15,6 +15,9 @@ pub const DEFAULT_CHECK_DAYS: u64 = 30;
 /// lifetime, and keeps `now + days` far inside the dates `time` represents.
 pub const MAX_CHECK_DAYS: u64 = 36_500;
 
+/// How long `federation-explain` waits for the partner address to resolve.
+pub const EXPLAIN_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The command list shown by `help`.
 pub const COMMANDS: &[&str] = &[
     "status",
@@ -23,6 +26,8 @@ pub const COMMANDS: &[&str] = &[
     "rejections",
     "topology",
     "registrations",
+    "federation",
+    "federation-explain",
     "publish",
     "reload",
     "check",
@@ -65,6 +70,13 @@ pub enum Command {
     },
     /// `federation`: partners, their connections and refusals.
     Federation,
+    /// `federation-explain`: what happens to requests to or from a domain.
+    FederationExplain {
+        /// The foreign domain.
+        domain: String,
+        /// The From AOR of an inbound request, if asked.
+        from: Option<String>,
+    },
     /// `help`.
     Help,
     /// `fault` (only honoured with fault injection enabled).
@@ -132,6 +144,10 @@ impl Command {
             },
             "registrations" => Command::Registrations,
             "federation" => Command::Federation,
+            "federation-explain" => Command::FederationExplain {
+                domain: string_arg(&request, "domain", "federation-explain: missing \"domain\"")?,
+                from: request.get("from").and_then(Value::as_str).map(str::to_owned),
+            },
             "log-level" => Command::LogLevel {
                 level: string_arg(
                     &request,
@@ -207,6 +223,21 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
         }
         Command::Rejections => serde_json::to_value(shared.rejections.recent()).map_err(|e| e.to_string()),
         Command::Federation => Ok(node.proxy.federation().status()),
+        Command::FederationExplain { domain, from } => {
+            let fed = node.proxy.federation();
+            let mut verdict = fed.explain(&domain, from.as_deref(), node.proxy.domain(), shared);
+            // Where the partner's address resolves now (what a dial would use).
+            if let Some(address) = verdict["address"].as_str().map(str::to_owned) {
+                let resolved =
+                    tokio::time::timeout(EXPLAIN_RESOLVE_TIMEOUT, tokio::net::lookup_host(address.clone())).await;
+                verdict["resolved"] = match resolved {
+                    Ok(Ok(addrs)) => json!(addrs.map(|a| a.to_string()).collect::<Vec<_>>()),
+                    Ok(Err(e)) => json!(format!("cannot resolve {address}: {e}")),
+                    Err(_) => json!(format!("resolving {address} timed out")),
+                };
+            }
+            Ok(verdict)
+        }
         Command::Topology => {
             let report = node
                 .membership

@@ -97,6 +97,12 @@ impl FedRefusal {
         }
     }
 
+    /// `CODE REASON`, as the answer's status line reads.
+    pub fn answer(self) -> String {
+        let (code, reason) = self.status();
+        format!("{code} {reason}")
+    }
+
     /// Status and a reason phrase that names the rule.
     pub fn status(self) -> (u16, String) {
         match self {
@@ -490,6 +496,102 @@ impl Federation {
         })
     }
 
+    /// `ctl federation explain`: which rule matches `domain`, where a
+    /// request to it goes (which edge, which partner edge and address, which
+    /// anchors and which name are checked), and the verdict; with `from`,
+    /// also the verdict on an inbound request from that AOR. Works on any
+    /// node: it reads the replicated policy.
+    pub fn explain(
+        &self,
+        domain: &str,
+        from: Option<&str>,
+        our_domain: &str,
+        shared: &crate::mesh::status::Shared,
+    ) -> serde_json::Value {
+        use sipmesh_state::DomainVerdict;
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let topology = self.topology.load();
+        let edges: Vec<serde_json::Value> = topology
+            .federation_edges()
+            .map(|m| {
+                let state = if m.fqdn == shared.fqdn {
+                    "this node".to_owned()
+                } else {
+                    shared
+                        .link(m.fqdn.as_str())
+                        .map_or_else(|| "no link".to_owned(), |l| serde_json::to_value(l.state()).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())
+                };
+                serde_json::json!({"fqdn": m.fqdn.as_str(), "federation_fqdn": m.federation_fqdn.as_ref().map(|f| f.as_str()), "link": state})
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "domain": domain,
+            "topology_version": topology.version,
+            "edges": edges,
+        });
+        let (rule, verdict) = if domain == our_domain {
+            (
+                "our own domain".to_owned(),
+                "local: routed to the user's home, never federated".to_owned(),
+            )
+        } else {
+            match topology.federation.verdict(&domain) {
+                DomainVerdict::Blocked => (
+                    "federation.blocked_domains".to_owned(),
+                    format!("refused both ways: {}", FedRefusal::BlockedDomain.answer()),
+                ),
+                DomainVerdict::NotPartner => (
+                    "no partner entry".to_owned(),
+                    "refused: 403 Domain Not Allowed (outbound); handshake refused (inbound)".to_owned(),
+                ),
+                DomainVerdict::Partner(p) => {
+                    out["mode"] = p.mode.as_str().into();
+                    out["partner_edge"] = expected_name(p).into();
+                    out["name_checked"] = serde_json::json!(format!(
+                        "{} (RFC 5922: sip: URI SANs, else DNS SANs, CN only without SANs; no wildcards)",
+                        expected_name(p)
+                    ));
+                    out["address"] = p.address.clone().into();
+                    out["anchors"] = anchors(&p.ca_pem).into();
+                    out["crl"] = p.crl_pem.is_some().into();
+                    out["max_rate"] = p.max_rate.into();
+                    let verdict = match (p.mode, &p.address, topology.federation_edges().next()) {
+                        (_, _, None) => format!("refused: {}", FedRefusal::NoEdge.answer()),
+                        (PartnerMode::AllowedDomain, _, _) | (_, None, _) => {
+                            format!(
+                                "refused outbound: {} (SRV discovery is not built yet)",
+                                FedRefusal::Unresolvable.answer()
+                            )
+                        }
+                        _ => "allowed: front-end -> mesh -> edge -> partner edge over MTLS".to_owned(),
+                    };
+                    (format!("partner {} ({})", p.domain, p.mode), verdict)
+                }
+            }
+        };
+        out["rule"] = rule.into();
+        out["verdict"] = verdict.into();
+        if let Some(from) = from {
+            let from_domain = crate::sip::SipUri::parse(from)
+                .ok()
+                .map(|u| u.host.to_string().to_ascii_lowercase());
+            let inbound = match from_domain.as_deref() {
+                None => format!("refused: From {from:?} is no SIP URI"),
+                Some(d) if matches!(topology.federation.verdict(d), DomainVerdict::Blocked) => {
+                    format!("refused: {}", FedRefusal::BlockedDomain.answer())
+                }
+                Some(_) if topology.federation.partner(&domain).is_none() => {
+                    "refused in the handshake: not a partner".to_owned()
+                }
+                Some(d) if d != domain => format!("refused: {}", FedRefusal::FromDomainMismatch.answer()),
+                Some(_) => format!("allowed: into the mesh, marked {FEDERATION_MARK}: {domain}"),
+            };
+            out["from"] = from.into();
+            out["inbound"] = inbound.into();
+        }
+        out
+    }
+
     fn dial_failed(&self, domain: &str, error: String) {
         let state = self.state(domain);
         let mut out = state.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -498,6 +600,19 @@ impl Federation {
         out.retry_after = Some(Instant::now() + PARTNER_RETRY);
         *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
+}
+
+/// The subject of each anchor in a PEM bundle.
+fn anchors(pem: &str) -> Vec<String> {
+    let mut bytes = pem.as_bytes();
+    rustls_pemfile::certs(&mut bytes)
+        .flatten()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, c)| c.subject().to_string())
+        })
+        .collect()
 }
 
 fn new_seal() -> LessSafeKey {
