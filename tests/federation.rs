@@ -234,7 +234,33 @@ async fn message_both_ways_between_two_organisations() {
     assert_eq!(rows[0]["requests_out"], 1);
     assert_eq!(rows[0]["requests_in"], 1);
 
-    // Not a partner, and a partner's transit: refused with the rule's reason.
+    // `check` warns about federation certificates within its horizon: the
+    // edge certificates are issued for 365 days.
+    let request = serde_json::json!({"cmd": "check", "days": 400}).to_string();
+    let check = debug(&a.edge_socket(), &request);
+    let problems: Vec<&str> = check["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("this edge's external certificate expires")),
+        "{check}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("partner fabrikam.test's edge certificate expires")),
+        "{check}"
+    );
+    let request = serde_json::json!({"cmd": "check", "days": 30}).to_string();
+    let check = debug(&a.edge_socket(), &request);
+    assert_eq!(check["ok"], true, "{check}");
+
+    // Not a partner: refused with the rule's reason.
     let sent = alice
         .request(
             "MESSAGE",

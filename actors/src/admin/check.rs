@@ -1,5 +1,6 @@
 //! `ctl check`: certificates expiring within a horizon, expired CRLs, peers
-//! not up, members lagging the topology version.
+//! not up, members lagging the topology version, federation certificates
+//! (ours, partner anchors, partner edges seen) expiring.
 
 use serde_json::{json, Value};
 
@@ -8,7 +9,7 @@ use crate::mesh::status::{LinkState, Shared};
 
 /// The health check behind `ctl check`; `days` is the horizon for expiring
 /// certificates (an error, never a panic, if it does not fit a date).
-pub fn check(shared: &Shared, days: u64) -> Result<Value, String> {
+pub fn check(shared: &Shared, federation: &crate::federation::Federation, days: u64) -> Result<Value, String> {
     let now = time::OffsetDateTime::now_utc();
     let horizon = i64::try_from(days)
         .ok()
@@ -65,5 +66,6 @@ pub fn check(shared: &Shared, days: u64) -> Result<Value, String> {
             _ => {}
         }
     }
+    problems.extend(federation.expiring(horizon, days));
     Ok(json!({ "ok": problems.is_empty(), "days": days, "problems": problems }))
 }

@@ -259,7 +259,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
             let report = node.node.send(Reload).await.map_err(|e| e.to_string())??;
             serde_json::to_value(report).map_err(|e| e.to_string())
         }
-        Command::Check { days } => super::check::check(shared, days),
+        Command::Check { days } => super::check::check(shared, node.proxy.federation(), days),
         Command::Registrations => {
             let now = crate::clock::now_secs();
             let rows = node.proxy.registrar.all_committed(now).await?;

@@ -144,7 +144,7 @@ pub struct PartnerState {
     inbound: AtomicUsize,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     out: Mutex<Outbound>,
-    cert_not_after: Mutex<Option<String>>,
+    cert_not_after: Mutex<Option<time::OffsetDateTime>>,
     last_error: Mutex<Option<String>>,
     bucket: Mutex<Bucket>,
 }
@@ -186,7 +186,7 @@ pub struct EdgeSide {
     /// Our external certificate, presented when dialing partners.
     key: Arc<rustls::sign::CertifiedKey>,
     /// Its notAfter.
-    not_after: String,
+    not_after: Option<time::OffsetDateTime>,
     /// The listener's limits.
     max_connections: usize,
 }
@@ -271,11 +271,7 @@ impl Federation {
     ) -> Result<(Federation, mpsc::Receiver<Dial>), TlsError> {
         let chain = crate::trust::material::load_chain(&config.cert)?;
         let key = crate::trust::material::load_private_key(&config.key)?;
-        let not_after = chain
-            .first()
-            .and_then(|c| CertInfo::parse(c).ok())
-            .map(|i| crate::rfc3339(i.not_after))
-            .unwrap_or_default();
+        let not_after = chain.first().and_then(|c| CertInfo::parse(c).ok()).map(|i| i.not_after);
         let key = certified_key(chain, &key)?;
         let partners = LivePartners::new(topology.clone());
         let verifier = Arc::new(FederationClientVerifier {
@@ -459,7 +455,11 @@ impl Federation {
                     (true, _, false, Some(t)) if Instant::now() < t => "down",
                     _ => "idle",
                 };
-                let cert_not_after = s.cert_not_after.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let cert_not_after = s
+                    .cert_not_after
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(crate::rfc3339);
                 let refusals = s.refusals.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let last_error = s.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let connections = s.inbound.load(Ordering::Relaxed) + usize::from(out.up && outbound_open);
@@ -488,7 +488,7 @@ impl Federation {
             "edge": self.edge.as_ref().map(|e| serde_json::json!({
                 "federation_fqdn": e.fqdn,
                 "federation_addr": e.addr.to_string(),
-                "cert_not_after": e.not_after,
+                "cert_not_after": e.not_after.map(crate::rfc3339),
             })),
             "partners": self.rows(),
             "strangers": *self.strangers.lock().unwrap_or_else(|e| e.into_inner()),
@@ -592,6 +592,47 @@ impl Federation {
         out
     }
 
+    /// For `ctl check`: federation certificates that expire by `horizon`:
+    /// our external certificate, each partner's anchors, and each partner
+    /// edge certificate seen on a connection.
+    pub fn expiring(&self, horizon: time::OffsetDateTime, days: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(t) = self.edge.as_ref().and_then(|e| e.not_after).filter(|t| *t <= horizon) {
+            problems.push(format!(
+                "this edge's external certificate expires {} (within {days} days)",
+                crate::rfc3339(t)
+            ));
+        }
+        for p in &self.topology.load().federation.partners {
+            let mut pem = p.ca_pem.as_bytes();
+            for der in rustls_pemfile::certs(&mut pem).flatten() {
+                if let Ok(info) = CertInfo::parse(&der) {
+                    if info.not_after <= horizon {
+                        problems.push(format!(
+                            "partner {}'s trust anchor {} expires {} (within {days} days)",
+                            p.domain,
+                            info.presented_name().unwrap_or_else(|| info.serial.clone()),
+                            crate::rfc3339(info.not_after)
+                        ));
+                    }
+                }
+            }
+            let seen = *self
+                .state(&p.domain)
+                .cert_not_after
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = seen.filter(|t| *t <= horizon) {
+                problems.push(format!(
+                    "partner {}'s edge certificate expires {} (within {days} days)",
+                    p.domain,
+                    crate::rfc3339(t)
+                ));
+            }
+        }
+        problems
+    }
+
     fn dial_failed(&self, domain: &str, error: String) {
         let state = self.state(domain);
         let mut out = state.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -668,7 +709,7 @@ async fn dial_partner(proxy: Arc<Proxy>, dial: Dial) {
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| CertInfo::parse(c).ok())
-        .map(|i| crate::rfc3339(i.not_after));
+        .map(|i| i.not_after);
     {
         let mut out = state.out.lock().unwrap_or_else(|p| p.into_inner());
         out.up = true;
@@ -802,8 +843,7 @@ async fn partner_connection(tcp: TcpStream, remote: SocketAddr, proxy: Arc<Proxy
             "too many connections",
         );
     }
-    *state.cert_not_after.lock().unwrap_or_else(|p| p.into_inner()) =
-        CertInfo::parse(leaf).ok().map(|i| crate::rfc3339(i.not_after));
+    *state.cert_not_after.lock().unwrap_or_else(|p| p.into_inner()) = CertInfo::parse(leaf).ok().map(|i| i.not_after);
     tracing::info!(partner = %domain, remote = %remote, "federation connection up (inbound)");
     let (rd, wr) = tokio::io::split(tls);
     let (tx, rx) = mpsc::channel::<Bytes>(crate::proxy::flows::FLOW_QUEUE);
