@@ -236,6 +236,10 @@ enum ClusterCommand {
         /// external certificate (sip.<domain>) from DIR/federation-ca.
         #[arg(long)]
         edge: bool,
+        /// With --edge: the DNS server (IP:PORT) the edge asks for partner
+        /// SRV records and names (default: the system's resolvers).
+        #[arg(long, requires = "edge")]
+        federation_dns: Option<std::net::SocketAddr>,
     },
     /// Make two running local clusters (each started with --edge)
     /// allowed-server partners of each other: a new signed topology is
@@ -526,8 +530,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 t1_ms,
                 digest_algorithms,
                 edge,
+                federation_dns,
             } => cluster::up(cluster::UpOptions {
                 edge,
+                federation_dns,
                 nodes,
                 dir,
                 domain,

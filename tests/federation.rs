@@ -32,12 +32,18 @@ struct Org {
 
 impl Org {
     fn up(parent: &Path, domain: &str) -> Org {
+        Org::up_with(parent, domain, &[])
+    }
+
+    /// [`Org::up`] with more `cluster up` arguments.
+    fn up_with(parent: &Path, domain: &str, extra: &[&str]) -> Org {
         let dir = parent.join(domain);
         let log = parent.join(format!("{domain}-launcher.log"));
         let mut cmd = Command::new(BIN);
         cmd.args(["cluster", "up", "--nodes", "1", "--edge", "--domain", domain, "--dir"])
             .arg(&dir)
-            .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000", "--t1-ms", "50"]);
+            .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000", "--t1-ms", "50"])
+            .args(extra);
         let mut launcher = ProcGuard::spawn(domain, cmd, &log);
         let info = poll_until(UP, Duration::from_millis(50), || {
             if let Some(status) = launcher.try_wait() {
@@ -691,4 +697,196 @@ async fn a_partner_certificate_revoked_by_its_crl_is_refused() {
     let mut bob = b.registered("bob").await;
     let (_, fin) = message(&mut alice, &mut bob, b"still partners").await;
     assert_eq!(fin.status(), Some(200), "{}", text(&fin));
+}
+
+/// dnsmasq on a loopback port of its own, answering only what it is given.
+struct Dns {
+    addr: std::net::SocketAddr,
+    _proc: ProcGuard,
+}
+
+impl Dns {
+    fn start(dir: &Path, records: &[String]) -> Dns {
+        // A port no one holds (dnsmasq binds it itself, UDP and TCP).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--conf-file=/dev/null",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file",
+            "--user=root",
+            "--log-facility=-",
+            "--log-queries",
+        ])
+        .arg(format!("--port={port}"))
+        .args(records);
+        let proc = ProcGuard::spawn("dnsmasq", cmd, &dir.join("dnsmasq.log"));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        poll_until(WAIT, Duration::from_millis(20), || {
+            std::net::TcpStream::connect(addr).ok().map(|_| ())
+        })
+        .unwrap_or_else(|| panic!("dnsmasq never listened:\n{}", tail(&dir.join("dnsmasq.log"), 40)));
+        Dns { addr, _proc: proc }
+    }
+}
+
+fn partner_entry(
+    org: &Org,
+    mode: sipmesh_state::PartnerMode,
+    edge: Option<&str>,
+    address: Option<String>,
+) -> sipmesh_state::Partner {
+    sipmesh_state::Partner {
+        domain: org.domain.clone(),
+        mode,
+        edge: edge.map(|e| sipmesh_state::Fqdn::new(e).unwrap()),
+        address,
+        ca_pem: std::fs::read_to_string(org.federation_ca()).unwrap(),
+        crl_pem: None,
+        max_rate: None,
+    }
+}
+
+#[tokio::test]
+async fn allowed_domain_partners_are_found_by_srv_and_dns_cannot_hijack_a_partner() {
+    use sipmesh_state::PartnerMode;
+    let tmp = tempfile::tempdir().unwrap();
+    let n = Org::up(tmp.path(), "northwind.test");
+    // Nothing listens on `dead`: the first SRV target is down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nw = n.federation_addr().port();
+    let dns = Dns::start(
+        tmp.path(),
+        &[
+            format!("--srv-host=_sipfederationtls._tcp.northwind.test,sip1.northwind.test,{dead},10,10"),
+            format!("--srv-host=_sipfederationtls._tcp.northwind.test,sip.northwind.test,{nw},20,10"),
+            "--host-record=sip1.northwind.test,127.0.0.1".into(),
+            "--host-record=sip.northwind.test,127.0.0.1".into(),
+            // DNS sends tailspin's edge name to northwind's edge: a valid
+            // certificate from the anchors we trust for tailspin, another name.
+            "--host-record=sip.tailspin.test,127.0.0.1".into(),
+        ],
+    );
+    let dns_arg = dns.addr.to_string();
+    let a = Org::up_with(tmp.path(), "contoso.test", &["--federation-dns", &dns_arg]);
+    republish(&a, |t| {
+        t.federation
+            .partners
+            .push(partner_entry(&n, PartnerMode::AllowedDomain, None, None));
+        let mut tailspin = partner_entry(
+            &n,
+            PartnerMode::AllowedServer,
+            Some("sip.tailspin.test"),
+            Some(format!("sip.tailspin.test:{nw}")),
+        );
+        tailspin.domain = "tailspin.test".into();
+        t.federation.partners.push(tailspin);
+    });
+    republish(&n, |t| {
+        let edge = a.info["edge"]["federation_fqdn"].as_str().unwrap().to_owned();
+        let addr = a.federation_addr().to_string();
+        t.federation
+            .partners
+            .push(partner_entry(&a, PartnerMode::AllowedServer, Some(&edge), Some(addr)));
+    });
+    let mut alice = a.registered("alice").await;
+    let mut bob = n.registered("bob").await;
+
+    // The edge asks dnsmasq: sip1 (priority 10) is down, sip (20) answers.
+    let (got, fin) = message(&mut alice, &mut bob, b"via SRV").await;
+    assert_eq!(fin.status(), Some(200), "{}", text(&fin));
+    assert_eq!(&got.body[..], b"via SRV");
+    let rows = a.federation()["partners"].clone();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["domain"] == "northwind.test")
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "up", "{rows}");
+    assert_eq!(row["mode"], "allowed-domain");
+    // Replies come back over the same connection: bob answers alice.
+    let (_, fin) = message(&mut bob, &mut alice, b"back").await;
+    assert_eq!(fin.status(), Some(200));
+
+    // explain on the edge shows the SRV order it dials.
+    let request = serde_json::json!({"cmd": "federation-explain", "domain": "northwind.test"}).to_string();
+    let explained = debug(&a.edge_socket(), &request);
+    assert_eq!(
+        explained["resolved"][0]["target"],
+        format!("sip1.northwind.test:{dead}"),
+        "{explained}"
+    );
+    assert_eq!(
+        explained["resolved"][1]["target"],
+        format!("sip.northwind.test:{nw}"),
+        "{explained}"
+    );
+    assert_eq!(
+        explained["resolved"][1]["addrs"],
+        serde_json::json!([format!("127.0.0.1:{nw}")])
+    );
+    assert!(explained["verdict"].as_str().unwrap().contains("SRV"), "{explained}");
+
+    // tailspin's name leads to northwind's edge: refused name-mismatch in
+    // our handshake, nothing delivered (the request times out, later ones
+    // fail fast while the dial backs off).
+    let sent = alice
+        .request(
+            "MESSAGE",
+            "sip:carol@tailspin.test",
+            &["Content-Type: text/plain".into()],
+            b"hijack",
+        )
+        .await;
+    let (_, fin) = alice.final_response(&sent, Duration::from_secs(10)).await;
+    assert_eq!(fin.status(), Some(408), "{}", text(&fin));
+    let sent = alice
+        .request(
+            "MESSAGE",
+            "sip:carol@tailspin.test",
+            &["Content-Type: text/plain".into()],
+            b"again",
+        )
+        .await;
+    let (_, fin) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(fin.status(), Some(503), "{}", text(&fin));
+    bob.expect_silence(Duration::from_millis(300)).await;
+    let rows = a.federation()["partners"].clone();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["domain"] == "tailspin.test")
+        .unwrap()
+        .clone();
+    assert_eq!(row["refusals"]["name-mismatch"], 1, "{row}");
+    assert_eq!(row["state"], "down", "{row}");
+    assert!(
+        row["last_error"].as_str().unwrap().contains("sip.tailspin.test"),
+        "{row}"
+    );
+    let rejections = debug(&a.edge_socket(), "rejections");
+    let r = rejections
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "name-mismatch")
+        .expect("recorded");
+    assert_eq!(r["direction"], "outbound", "{r}");
+    assert_eq!(r["presented_name"], "sip.northwind.test", "{r}");
 }

@@ -34,5 +34,6 @@ fn cluster_options(nodes: usize) -> UpOptions {
         t1_ms: sipmesh_actors::config::DEFAULT_T1_MS,
         digest_algorithms: None,
         edge: false,
+        federation_dns: None,
     }
 }

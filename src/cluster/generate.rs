@@ -134,7 +134,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                 cert: ext.cert_path,
                 key: ext.key_path,
                 listen: None,
-                dns: None,
+                dns: opts.federation_dns,
                 max_connections: sipmesh_actors::config::DEFAULT_MAX_FEDERATION_CONNECTIONS,
             }),
         };

@@ -68,6 +68,8 @@ pub struct UpOptions {
     /// Add an edge (`edge1.<domain>`) with a federation listener and an
     /// external certificate from a separate CA.
     pub edge: bool,
+    /// The edge's resolver for partner names (`[federation] dns`).
+    pub federation_dns: Option<std::net::SocketAddr>,
 }
 
 /// Demo users `cluster up` creates.

@@ -226,8 +226,11 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
         Command::FederationExplain { domain, from } => {
             let fed = node.proxy.federation();
             let mut verdict = fed.explain(&domain, from.as_deref(), node.proxy.domain(), shared);
-            // Where the partner's address resolves now (what a dial would use).
-            if let Some(address) = verdict["address"].as_str().map(str::to_owned) {
+            // Where the partner's edge is now: the edge's own resolver (SRV
+            // included), elsewhere the pinned address through the system's.
+            if let Some(located) = fed.locate(&domain).await {
+                verdict["resolved"] = located;
+            } else if let Some(address) = verdict["address"].as_str().map(str::to_owned) {
                 let resolved =
                     tokio::time::timeout(EXPLAIN_RESOLVE_TIMEOUT, tokio::net::lookup_host(address.clone())).await;
                 verdict["resolved"] = match resolved {

@@ -13,6 +13,7 @@
 //! client connections; what differs is the door (`Proxy::from_partner`) and
 //! what leaves (`Proxy::towards_partner`).
 
+pub mod dns;
 pub mod trust;
 
 use std::collections::BTreeMap;
@@ -243,6 +244,8 @@ pub struct Federation {
     pub accept: Arc<AcceptStats>,
     /// When each refusal reason was last logged.
     logged: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Finds partner edges (on an edge).
+    resolver: Option<dns::PartnerResolver>,
 }
 
 impl Federation {
@@ -259,6 +262,7 @@ impl Federation {
             seal: new_seal(),
             accept: Arc::default(),
             logged: Mutex::default(),
+            resolver: None,
         }
     }
 
@@ -283,6 +287,7 @@ impl Federation {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.clone())));
         server.alpn_protocols.clear();
+        let resolver = dns::PartnerResolver::new(config.dns).map_err(TlsError::Verifier)?;
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE);
         Ok((
             Federation {
@@ -302,6 +307,7 @@ impl Federation {
                 seal: new_seal(),
                 accept: Arc::default(),
                 logged: Mutex::default(),
+                resolver: Some(resolver),
             },
             dial_rx,
         ))
@@ -555,15 +561,12 @@ impl Federation {
                     out["anchors"] = anchors(&p.ca_pem).into();
                     out["crl"] = p.crl_pem.is_some().into();
                     out["max_rate"] = p.max_rate.into();
-                    let verdict = match (p.mode, &p.address, topology.federation_edges().next()) {
-                        (_, _, None) => format!("refused: {}", FedRefusal::NoEdge.answer()),
-                        (PartnerMode::AllowedDomain, _, _) | (_, None, _) => {
-                            format!(
-                                "refused outbound: {} (SRV discovery is not built yet)",
-                                FedRefusal::Unresolvable.answer()
-                            )
+                    let verdict = match topology.federation_edges().next() {
+                        None => format!("refused: {}", FedRefusal::NoEdge.answer()),
+                        Some(_) if p.mode == PartnerMode::AllowedDomain && p.address.is_none() => {
+                            "allowed: front-end -> mesh -> edge -> partner edge found by SRV (_sipfederationtls._tcp, then _sips._tcp) over MTLS".to_owned()
                         }
-                        _ => "allowed: front-end -> mesh -> edge -> partner edge over MTLS".to_owned(),
+                        Some(_) => "allowed: front-end -> mesh -> edge -> partner edge over MTLS".to_owned(),
                     };
                     (format!("partner {} ({})", p.domain, p.mode), verdict)
                 }
@@ -590,6 +593,26 @@ impl Federation {
             out["inbound"] = inbound.into();
         }
         out
+    }
+
+    /// Where this edge would dial `domain` now: each target in order with
+    /// its addresses (`None` off an edge: the edge resolves).
+    pub async fn locate(&self, domain: &str) -> Option<serde_json::Value> {
+        let resolver = self.resolver.as_ref()?;
+        let partner = self.partner(domain)?;
+        let targets = match resolver.targets(&partner).await {
+            Ok(t) => t,
+            Err(e) => return Some(serde_json::json!(e)),
+        };
+        let mut out = Vec::new();
+        for t in targets {
+            let addrs = match resolver.addrs(&t.host, t.port).await {
+                Ok(a) => serde_json::json!(a.iter().map(|a| a.to_string()).collect::<Vec<_>>()),
+                Err(e) => serde_json::json!(e),
+            };
+            out.push(serde_json::json!({"target": format!("{}:{}", t.host, t.port), "priority": t.priority, "weight": t.weight, "addrs": addrs}));
+        }
+        Some(serde_json::Value::Array(out))
     }
 
     /// For `ctl check`: federation certificates that expire by `horizon`:
@@ -680,27 +703,38 @@ async fn dial_partner(proxy: Arc<Proxy>, dial: Dial) {
     let Some(partner) = fed.partner(&domain) else {
         return fed.dial_failed(&domain, "no longer a partner".into());
     };
-    let address = match (partner.mode, &partner.address) {
-        (PartnerMode::AllowedServer, Some(a)) => a.clone(),
-        _ => {
-            fed.refused(
-                Some(&domain),
-                FedRefusal::Unresolvable.as_str(),
-                "no address (SRV is not supported yet)",
-            );
-            return fed.dial_failed(&domain, "unresolvable: no address".into());
+    let Some(resolver) = &fed.resolver else { return };
+    let targets = match resolver.targets(&partner).await {
+        Ok(t) => t,
+        Err(e) => {
+            fed.refused(Some(&domain), FedRefusal::Unresolvable.as_str(), &e);
+            return fed.dial_failed(&domain, format!("unresolvable: {e}"));
         }
     };
-    let connected = tokio::time::timeout(PARTNER_DIAL_TIMEOUT, connect(edge, &partner, &address)).await;
-    let (tls, remote) = match connected {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(DialError::Rejected(remote, r))) => {
-            proxy.shared().rejections.record(remote, Direction::Outbound, &r);
-            fed.refused(Some(&domain), r.reason.as_str(), &r.detail);
-            return fed.dial_failed(&domain, rejection_text(&r));
+    // RFC 3263: the next target when one cannot be reached or fails its checks.
+    let mut outcome = Err(DialError::Io("no target".into()));
+    for target in &targets {
+        let attempt = tokio::time::timeout(PARTNER_DIAL_TIMEOUT, connect(edge, resolver, &partner, target)).await;
+        outcome = match attempt {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Io(format!(
+                "dial of {}:{} timed out",
+                target.host, target.port
+            ))),
+        };
+        match &outcome {
+            Ok(_) => break,
+            Err(DialError::Rejected(remote, r)) => {
+                proxy.shared().rejections.record(*remote, Direction::Outbound, r);
+                fed.refused(Some(&domain), r.reason.as_str(), &r.detail);
+            }
+            Err(DialError::Io(e)) => tracing::debug!(partner = %domain, error = %e, "partner target failed"),
         }
-        Ok(Err(DialError::Io(e))) => return fed.dial_failed(&domain, e),
-        Err(_) => return fed.dial_failed(&domain, format!("dial of {address} timed out")),
+    }
+    let (tls, remote) = match outcome {
+        Ok(ok) => ok,
+        Err(DialError::Rejected(_, r)) => return fed.dial_failed(&domain, rejection_text(&r)),
+        Err(DialError::Io(e)) => return fed.dial_failed(&domain, e),
     };
     let state = fed.state(&domain);
     *state.cert_not_after.lock().unwrap_or_else(|p| p.into_inner()) = tls
@@ -741,10 +775,18 @@ enum DialError {
 
 async fn connect(
     edge: &EdgeSide,
+    resolver: &dns::PartnerResolver,
     partner: &Partner,
-    address: &str,
+    target: &dns::Target,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SocketAddr), DialError> {
-    let verifier = PartnerServerVerifier::new(partner)
+    // The names the edge may carry: the pinned edge (allowed-server), or the
+    // domain and the SRV target we were sent to (allowed-domain).
+    let names = match partner.mode {
+        PartnerMode::AllowedServer => vec![expected_name(partner)],
+        PartnerMode::AllowedDomain => vec![target.host.clone(), partner.domain.clone()],
+    };
+    let sni = names[0].clone();
+    let verifier = PartnerServerVerifier::new(partner, names)
         .ok_or_else(|| DialError::Io("the partner has no usable trust anchor".into()))?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -753,13 +795,11 @@ async fn connect(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(edge.key.clone())));
     config.alpn_protocols.clear();
-    let name = rustls::pki_types::ServerName::try_from(expected_name(partner))
+    let name = rustls::pki_types::ServerName::try_from(sni)
         .map_err(|e| DialError::Io(format!("bad partner edge name: {e}")))?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
-        .await
-        .map_err(|e| DialError::Io(format!("cannot resolve {address}: {e}")))?
-        .collect();
-    let mut last = format!("{address} resolves to no address");
+    let addrs = resolver.addrs(&target.host, target.port).await.map_err(DialError::Io)?;
+    let mut last = format!("{}:{} resolves to no address", target.host, target.port);
+    let config = Arc::new(config);
     for addr in addrs {
         let tcp = match TcpStream::connect(addr).await {
             Ok(t) => t,
@@ -769,7 +809,7 @@ async fn connect(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         return match connector.connect(name.clone(), tcp).await {
             Ok(tls) => Ok((tls, addr)),
             Err(e) => match rejection_of(&e) {

@@ -71,14 +71,23 @@ pub fn sip_identities(der: &[u8]) -> (Vec<String>, bool) {
 }
 
 /// Whether the certificate names `partner`'s edge: its expected edge name
-/// (allowed-server), or its domain (from a `sip:` URI SAN, or for an
-/// allowed-domain partner). Wildcards never match.
+/// (allowed-server), or its domain (from a `sip:` URI SAN), or, for an
+/// allowed-domain partner, the domain or a host in it (where its SRV
+/// targets live, `sip.northwind.test` for `northwind.test`). Wildcards never
+/// match.
 pub fn names_partner(der: &[u8], partner: &Partner) -> bool {
     let (ids, from_uri) = sip_identities(der);
     let expected_edge = partner.edge.as_ref().map(|e| e.as_str().to_ascii_lowercase());
+    let in_domain = |id: &str| {
+        id == partner.domain
+            || id
+                .strip_suffix(partner.domain.as_str())
+                .is_some_and(|h| h.ends_with('.'))
+    };
     ids.iter().filter(|id| !id.contains('*')).any(|id| {
         Some(id) == expected_edge.as_ref()
-            || ((from_uri || partner.mode == PartnerMode::AllowedDomain) && *id == partner.domain)
+            || (from_uri && *id == partner.domain)
+            || (partner.mode == PartnerMode::AllowedDomain && in_domain(id))
     })
 }
 
@@ -307,16 +316,20 @@ impl ClientCertVerifier for FederationClientVerifier {
 #[derive(Debug)]
 pub struct PartnerServerVerifier {
     partner: Partner,
+    /// The names the edge may carry (the first is also the SNI).
+    names: Vec<String>,
     webpki: Arc<dyn ServerCertVerifier>,
 }
 
 impl PartnerServerVerifier {
-    /// For `partner`; `None` when its document carries no usable anchor.
-    pub fn new(partner: &Partner) -> Option<PartnerServerVerifier> {
+    /// For `partner`, accepting an edge certificate naming one of `names`;
+    /// `None` when its document carries no usable anchor.
+    pub fn new(partner: &Partner, names: Vec<String>) -> Option<PartnerServerVerifier> {
         let trust = PartnerTrust::new(partner);
         let webpki = trust.policy?.server_verifier().ok()?;
         Some(PartnerServerVerifier {
             partner: partner.clone(),
+            names,
             webpki,
         })
     }
@@ -327,37 +340,56 @@ impl ServerCertVerifier for PartnerServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
+        _server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let expected = expected_name(&self.partner);
-        match self
-            .webpki
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Ok(_) => {}
-            Err(e) => {
-                let r = rejection_of_tls(&e);
-                let detail = match r.reason {
-                    RejectReason::NameMismatch => format!("certificate does not name {expected}"),
-                    _ => r.detail,
-                };
-                return Err(reject(
-                    r.reason,
-                    r.presented_name.or_else(|| presented(end_entity)),
-                    detail,
-                ));
+        let expected = self.names.join(" or ");
+        // Chain, validity, revocation and EKU from webpki, with each name we
+        // accept in turn; then the RFC 5922 rules webpki does not know.
+        let mut first_err = None;
+        for name in &self.names {
+            let Ok(server_name) = ServerName::try_from(name.as_str()) else {
+                continue;
+            };
+            match self
+                .webpki
+                .verify_server_cert(end_entity, intermediates, &server_name, ocsp_response, now)
+            {
+                Ok(_) => {
+                    let (ids, _) = sip_identities(end_entity);
+                    if ids.iter().any(|id| !id.contains('*') && self.names.contains(id))
+                        || names_partner(end_entity, &self.partner)
+                    {
+                        return Ok(ServerCertVerified::assertion());
+                    }
+                    first_err.get_or_insert(reject(
+                        RejectReason::NameMismatch,
+                        presented(end_entity),
+                        format!("certificate does not name {expected} (RFC 5922: no wildcards)"),
+                    ));
+                }
+                Err(e) => {
+                    let r = rejection_of_tls(&e);
+                    let detail = match r.reason {
+                        RejectReason::NameMismatch => format!("certificate does not name {expected}"),
+                        _ => r.detail,
+                    };
+                    first_err.get_or_insert(reject(
+                        r.reason,
+                        r.presented_name.or_else(|| presented(end_entity)),
+                        detail,
+                    ));
+                }
             }
         }
-        if !names_partner(end_entity, &self.partner) {
-            return Err(reject(
+        Err(first_err.unwrap_or_else(|| {
+            reject(
                 RejectReason::NameMismatch,
                 presented(end_entity),
-                format!("certificate does not name {expected} (RFC 5922: no wildcards)"),
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
+                format!("no usable name in {expected}"),
+            )
+        }))
     }
 
     fn verify_tls12_signature(
@@ -380,5 +412,70 @@ impl ServerCertVerifier for PartnerServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: &str, sans: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn partner(mode: PartnerMode, edge: Option<&str>) -> Partner {
+        Partner {
+            domain: "fabrikam.test".into(),
+            mode,
+            edge: edge.map(|e| sipmesh_state::Fqdn::new(e).unwrap()),
+            address: None,
+            ca_pem: String::new(),
+            crl_pem: None,
+            max_rate: None,
+        }
+    }
+
+    fn dns(name: &str) -> SanType {
+        SanType::DnsName(name.try_into().unwrap())
+    }
+
+    fn uri(u: &str) -> SanType {
+        SanType::URI(u.try_into().unwrap())
+    }
+
+    #[test]
+    fn rfc_5922_identities_uri_sans_first_then_dns_then_cn_never_wildcards() {
+        let server = partner(PartnerMode::AllowedServer, Some("sip.fabrikam.test"));
+        // DNS SAN naming the edge.
+        assert!(names_partner(&cert("x", vec![dns("sip.fabrikam.test")]), &server));
+        // URI SANs win over DNS SANs: a sip: URI naming the domain is the identity.
+        let both = cert("x", vec![uri("sip:fabrikam.test"), dns("other.test")]);
+        assert_eq!(sip_identities(&both), (vec!["fabrikam.test".to_owned()], true));
+        assert!(names_partner(&both, &server));
+        let uri_other = cert("x", vec![uri("sip:other.test"), dns("sip.fabrikam.test")]);
+        assert!(
+            !names_partner(&uri_other, &server),
+            "DNS SANs are ignored when sip: URIs exist"
+        );
+        // A wildcard never matches.
+        assert!(!names_partner(&cert("x", vec![dns("*.fabrikam.test")]), &server));
+        // The CN counts only without any SAN.
+        assert!(names_partner(&cert("sip.fabrikam.test", vec![]), &server));
+        assert!(!names_partner(
+            &cert("sip.fabrikam.test", vec![dns("other.test")]),
+            &server
+        ));
+        // Another edge of the same domain is not the pinned one ...
+        assert!(!names_partner(&cert("x", vec![dns("edge2.fabrikam.test")]), &server));
+        // ... but is a host of an allowed-domain partner; a look-alike is not.
+        let domain = partner(PartnerMode::AllowedDomain, None);
+        assert!(names_partner(&cert("x", vec![dns("edge2.fabrikam.test")]), &domain));
+        assert!(names_partner(&cert("x", vec![dns("fabrikam.test")]), &domain));
+        assert!(!names_partner(&cert("x", vec![dns("evilfabrikam.test")]), &domain));
     }
 }
