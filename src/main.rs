@@ -240,6 +240,10 @@ enum ClusterCommand {
         /// SRV records and names (default: the system's resolvers).
         #[arg(long, requires = "edge")]
         federation_dns: Option<std::net::SocketAddr>,
+        /// The DNS server (IP:PORT) nodes ask for members whose mesh_addr is
+        /// a DNS name (default: the system's resolvers).
+        #[arg(long)]
+        mesh_dns: Option<std::net::SocketAddr>,
     },
     /// Make two running local clusters (each started with --edge)
     /// allowed-server partners of each other: a new signed topology is
@@ -531,9 +535,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 digest_algorithms,
                 edge,
                 federation_dns,
+                mesh_dns,
             } => cluster::up(cluster::UpOptions {
                 edge,
                 federation_dns,
+                mesh_dns,
                 nodes,
                 dir,
                 domain,

@@ -27,7 +27,8 @@ struct Org {
     domain: String,
     dir: PathBuf,
     info: Value,
-    _launcher: ProcGuard,
+    /// The `cluster up` process when this test started it.
+    _launcher: Option<ProcGuard>,
 }
 
 impl Org {
@@ -61,7 +62,7 @@ impl Org {
             domain: domain.to_owned(),
             dir,
             info,
-            _launcher: launcher,
+            _launcher: Some(launcher),
         };
         poll_until(UP, Duration::from_millis(50), || {
             org.sockets()
@@ -493,6 +494,11 @@ async fn invite_dialogs_cross_the_boundary_both_ways_with_internal_routes_sealed
 /// Publish `org`'s topology changed by `change` (next version, signed with
 /// its admin key) and wait until every node of `org` runs it.
 fn republish(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology)) {
+    republish_to(org, change, &org.sockets());
+}
+
+/// [`republish`], waiting only for the nodes behind `sockets`.
+fn republish_to(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology), sockets: &[PathBuf]) {
     use sipmesh_state::{signed, AdminKey, Topology};
     let path = PathBuf::from(org.info["topology"].as_str().unwrap());
     let doc = std::fs::read_to_string(&path).unwrap();
@@ -502,9 +508,9 @@ fn republish(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology)) {
     let key = AdminKey::load(Path::new(org.info["topology_key"].as_str().unwrap())).unwrap();
     let signed_doc = key.sign(&t.to_toml_string());
     let request = serde_json::json!({"cmd": "publish", "document": signed_doc}).to_string();
-    let result = debug(&org.edge_socket(), &request);
+    let result = debug(&org.sockets()[0], &request);
     assert_eq!(result["applied"], true, "{result}");
-    for s in org.sockets() {
+    for s in sockets {
         poll_until(UP, Duration::from_millis(50), || {
             (debug(&s, "topology")["version"] == t.version).then_some(())
         })
@@ -889,4 +895,63 @@ async fn allowed_domain_partners_are_found_by_srv_and_dns_cannot_hijack_a_partne
         .expect("recorded");
     assert_eq!(r["direction"], "outbound", "{r}");
     assert_eq!(r["presented_name"], "sip.northwind.test", "{r}");
+}
+
+#[tokio::test]
+async fn a_member_named_by_dns_cannot_be_hijacked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dns = Dns::start(tmp.path(), &["--host-record=fe3.contoso.test,127.0.0.1".into()]);
+    let dns_arg = dns.addr.to_string();
+    let cluster = common::Cluster::up_with_args(3, 200, 1000, &["--t1-ms", "50", "--mesh-dns", &dns_arg], &[]);
+    let mut alice = sip_ua::registered(&cluster, "alice", 1).await;
+    let mut bob = sip_ua::registered(&cluster, "bob", 3).await;
+    // v2 names fe3 by DNS, and DNS answers with fe2's mesh port: fe2 holds a
+    // valid certificate from the same CA, for another name.
+    let fe2_port = cluster.node("fe2.contoso.test").mesh().port();
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.dir.join("cluster.json")).unwrap()).unwrap();
+    let org = Org {
+        domain: "contoso.test".into(),
+        dir: cluster.dir.clone(),
+        info,
+        _launcher: None, // the cluster is `cluster`'s
+    };
+    let fe1 = cluster.node("fe1.contoso.test").debug_socket.clone();
+    let fe2 = cluster.node("fe2.contoso.test").debug_socket.clone();
+    republish_to(
+        &org,
+        |t| {
+            let fe3 = t
+                .members
+                .iter_mut()
+                .find(|m| m.fqdn.as_str() == "fe3.contoso.test")
+                .unwrap();
+            fe3.mesh_addr = format!("fe3.contoso.test:{fe2_port}").parse().unwrap();
+        },
+        &[fe1.clone(), fe2],
+    );
+    let rejection = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        debug(&fe1, "rejections")
+            .as_array()?
+            .iter()
+            .find(|r| r["reason"] == "name-mismatch" && r["direction"] == "outbound")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no name-mismatch on fe1: {}", debug(&fe1, "rejections")));
+    assert_eq!(rejection["presented_name"], "fe2.contoso.test", "{rejection}");
+    assert_eq!(rejection["remote_addr"], format!("127.0.0.1:{fe2_port}"), "{rejection}");
+    let link = common::link(&fe1, "fe3.contoso.test").expect("a link row");
+    assert_ne!(link["state"], "up", "{link}");
+    // Nothing reaches bob through the impostor.
+    let sent = alice
+        .request(
+            "MESSAGE",
+            &sip_ua::aor("bob"),
+            &["Content-Type: text/plain".into()],
+            b"hijack?",
+        )
+        .await;
+    let (_, fin) = alice.final_response(&sent, Duration::from_secs(10)).await;
+    assert!(fin.status().unwrap_or(0) >= 400, "{}", text(&fin));
+    bob.expect_silence(Duration::from_millis(300)).await;
 }

@@ -130,7 +130,7 @@ fn member(fqdn: &str) -> TrustedServer {
     TrustedServer {
         fqdn: Fqdn::new(fqdn).expect("fqdn"),
         role: Role::FrontEnd,
-        mesh_addr: free_addr(),
+        mesh_addr: free_addr().into(),
         client_addr: free_addr(),
         pool: None,
         federation_addr: None,

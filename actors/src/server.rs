@@ -104,7 +104,15 @@ pub async fn run(
     let topology = Arc::new(ArcSwap::from_pointee(initial.topology));
     let material = TlsMaterial::load(&config.tls, config.fqdn.as_str())?.with_sni(&config.sip.certs)?;
     let tls = TlsConfigs::build(&material, topology.clone())?;
-    let mesh_addr = config.mesh_listen.unwrap_or(me.mesh_addr);
+    // A member named by DNS listens on every address at its port unless
+    // `[listen] mesh` says where.
+    let mesh_addr = config
+        .mesh_listen
+        .or(me.mesh_addr.socket_addr())
+        .unwrap_or(SocketAddr::new(
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            me.mesh_addr.port(),
+        ));
     let mesh = bind_tcp(listeners.mesh, mesh_addr, "mesh").await?;
     let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
     let client_addr = config.client_listen.unwrap_or(me.client_addr);
@@ -130,6 +138,13 @@ pub async fn run(
         sni_paths: config.sip.certs.clone(),
         mesh_accept: Default::default(),
         client_accept: Default::default(),
+        resolver: match crate::net::dns::Resolver::new(config.mesh.dns) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no resolver: members named by DNS cannot be dialled");
+                None
+            }
+        },
     });
     // The federation side, on an edge with a `[federation]` section and a
     // federation_addr in the topology.

@@ -35,5 +35,6 @@ fn cluster_options(nodes: usize) -> UpOptions {
         digest_algorithms: None,
         edge: false,
         federation_dns: None,
+        mesh_dns: None,
     }
 }

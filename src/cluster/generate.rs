@@ -93,7 +93,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
         members.push(TrustedServer {
             fqdn: fqdn.clone(),
             role,
-            mesh_addr,
+            mesh_addr: mesh_addr.into(),
             client_addr,
             pool: None,
             federation_addr: federation.as_ref().map(|f| f.0),
@@ -118,6 +118,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                 heartbeat_interval: Duration::from_millis(opts.heartbeat_ms),
                 heartbeat_timeout: Duration::from_millis(3 * opts.heartbeat_ms),
                 backoff_cap: Duration::from_millis(opts.backoff_cap_ms),
+                dns: opts.mesh_dns,
                 ..MeshTiming::default()
             },
             sip: SipConfig {

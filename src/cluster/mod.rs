@@ -70,6 +70,8 @@ pub struct UpOptions {
     pub edge: bool,
     /// The edge's resolver for partner names (`[federation] dns`).
     pub federation_dns: Option<std::net::SocketAddr>,
+    /// Every node's resolver for members named by DNS (`[mesh] dns`).
+    pub mesh_dns: Option<std::net::SocketAddr>,
 }
 
 /// Demo users `cluster up` creates.

@@ -28,4 +28,4 @@ pub use federation::{DomainVerdict, Federation, Partner, PartnerMode};
 pub use fqdn::{Fqdn, FqdnError};
 pub use signed::{AdminKey, PublicKey, SignedError, SignedTopology};
 pub use store::{Store, StoreError};
-pub use topology::{Role, Topology, TopologyDiff, TopologyError, TopologyIssue, TrustedServer};
+pub use topology::{MeshAddr, Role, Topology, TopologyDiff, TopologyError, TopologyIssue, TrustedServer};

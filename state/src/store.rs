@@ -337,7 +337,10 @@ mod tests {
             .map(|(i, name)| TrustedServer {
                 fqdn: Fqdn::new(name).unwrap(),
                 role: Role::FrontEnd,
-                mesh_addr: format!("127.0.0.1:{}", 6001 + 2 * i).parse().unwrap(),
+                mesh_addr: format!("127.0.0.1:{}", 6001 + 2 * i)
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
                 client_addr: format!("127.0.0.1:{}", 6000 + 2 * i).parse().unwrap(),
                 pool: None,
                 federation_addr: None,

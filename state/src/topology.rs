@@ -61,6 +61,89 @@ impl fmt::Display for Role {
     }
 }
 
+/// Where a member's mesh port is: an address, or a DNS name (`HOST:PORT`)
+/// resolved when dialled. DNS only says where: the certificate must still
+/// name the member, so a wrong answer fails the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MeshAddr {
+    /// `IP:PORT`.
+    Ip(SocketAddr),
+    /// `NAME:PORT`.
+    Name(Fqdn, u16),
+}
+
+impl MeshAddr {
+    /// The address, when it is one.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            MeshAddr::Ip(a) => Some(*a),
+            MeshAddr::Name(..) => None,
+        }
+    }
+
+    /// The IP, when it is an address.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.socket_addr().map(|a| a.ip())
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            MeshAddr::Ip(a) => a.port(),
+            MeshAddr::Name(_, p) => *p,
+        }
+    }
+}
+
+impl fmt::Display for MeshAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeshAddr::Ip(a) => write!(f, "{a}"),
+            MeshAddr::Name(n, p) => write!(f, "{}:{p}", n.as_str()),
+        }
+    }
+}
+
+impl FromStr for MeshAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = SocketAddr::from_str(s) {
+            return Ok(MeshAddr::Ip(a));
+        }
+        let bad = || format!("\"{s}\" is not an IP:port socket address or a DNS NAME:PORT");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse::<u16>().map_err(|_| bad())?;
+        let name = Fqdn::new(host).map_err(|_| bad())?;
+        Ok(MeshAddr::Name(name, port))
+    }
+}
+
+impl From<SocketAddr> for MeshAddr {
+    fn from(a: SocketAddr) -> MeshAddr {
+        MeshAddr::Ip(a)
+    }
+}
+
+impl PartialEq<SocketAddr> for MeshAddr {
+    fn eq(&self, other: &SocketAddr) -> bool {
+        self.socket_addr() == Some(*other)
+    }
+}
+
+impl Serialize for MeshAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MeshAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MeshAddr::from_str(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One member of the trusted-server set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustedServer {
@@ -69,7 +152,7 @@ pub struct TrustedServer {
     /// What the server does.
     pub role: Role,
     /// Where other mesh members reach it over mutual TLS.
-    pub mesh_addr: SocketAddr,
+    pub mesh_addr: MeshAddr,
     /// Where SIP clients reach it.
     pub client_addr: SocketAddr,
     /// The pool this server belongs to, if any.
@@ -205,7 +288,7 @@ struct TomlMember<'a> {
 /// parse are `None` and simply take no part.
 struct Partial {
     fqdn: Option<Fqdn>,
-    mesh_addr: Option<SocketAddr>,
+    mesh_addr: Option<MeshAddr>,
     client_addr: Option<SocketAddr>,
 }
 
@@ -311,6 +394,11 @@ impl Topology {
                     .ok()
             });
             let role = role_s.and_then(|s| Role::from_str(&s).map_err(|e| issues.member(i, label, e)).ok());
+            let mesh_addr = mesh_s.and_then(|s| {
+                MeshAddr::from_str(&s)
+                    .map_err(|e| issues.member(i, label, format!("mesh_addr {e}")))
+                    .ok()
+            });
             let mut addr = |name: &str, s: Option<String>| {
                 s.and_then(|s| {
                     SocketAddr::from_str(&s)
@@ -320,7 +408,6 @@ impl Topology {
                         .ok()
                 })
             };
-            let mesh_addr = addr("mesh_addr", mesh_s);
             let client_addr = addr("client_addr", client_s);
             let federation_addr = addr("federation_addr", fed_addr_s.clone());
             let federation_fqdn = fed_fqdn_s.clone().and_then(|s| {
@@ -361,7 +448,7 @@ impl Topology {
             };
 
             if let (Some(fqdn), Some(role), Some(mesh_addr), Some(client_addr), Ok(pool)) =
-                (&fqdn, role, mesh_addr, client_addr, pool_ok)
+                (&fqdn, role, mesh_addr.clone(), client_addr, pool_ok)
             {
                 typed.push(TrustedServer {
                     fqdn: fqdn.clone(),
@@ -427,7 +514,7 @@ impl Topology {
                     Some(m.fqdn.as_str()),
                     Partial {
                         fqdn: Some(m.fqdn.clone()),
-                        mesh_addr: Some(m.mesh_addr),
+                        mesh_addr: Some(m.mesh_addr.clone()),
                         client_addr: Some(m.client_addr),
                     },
                 )
@@ -536,7 +623,7 @@ fn check_edges(members: &[TrustedServer], federation: &Federation, problems: &mu
 /// and a mesh_addr that is also some member's client_addr.
 fn check_set(members: &[(Option<&str>, Partial)], issues: &mut Issues) {
     let mut fqdns: HashMap<&Fqdn, usize> = HashMap::new();
-    let mut meshes: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut meshes: HashMap<&MeshAddr, usize> = HashMap::new();
     let mut clients: HashMap<SocketAddr, usize> = HashMap::new();
     for (i, (_, p)) in members.iter().enumerate() {
         if let Some(a) = p.client_addr {
@@ -553,16 +640,16 @@ fn check_set(members: &[(Option<&str>, Partial)], issues: &mut Issues) {
                 fqdns.insert(f, i);
             }
         }
-        if let Some(a) = p.mesh_addr {
+        if let Some(a) = &p.mesh_addr {
             if a.port() == 0 {
                 issues.member(i, label, format!("mesh_addr {a}: port must not be 0"));
             }
-            if let Some(first) = meshes.get(&a) {
+            if let Some(first) = meshes.get(a) {
                 issues.member(i, label, format!("duplicate mesh_addr {a}, also member #{}", first + 1));
             } else {
                 meshes.insert(a, i);
             }
-            if let Some(owner) = clients.get(&a) {
+            if let Some(owner) = a.socket_addr().and_then(|sa| clients.get(&sa)) {
                 let whose = if *owner == i {
                     "its own client_addr".to_owned()
                 } else {
@@ -656,7 +743,7 @@ client_addr = "[::1]:5080"
             TrustedServer {
                 fqdn: Fqdn::new("fe1.contoso.test").unwrap(),
                 role: Role::FrontEnd,
-                mesh_addr: addr("127.0.0.1:5061"),
+                mesh_addr: addr("127.0.0.1:5061").into(),
                 client_addr: addr("127.0.0.1:5060"),
                 pool: Some(Fqdn::new("pool1.contoso.test").unwrap()),
                 federation_addr: None,
@@ -664,7 +751,7 @@ client_addr = "[::1]:5080"
             }
         );
         assert_eq!(t.members[0].pool, None);
-        assert_eq!(t.members[0].mesh_addr, addr("[::1]:5081"));
+        assert_eq!(t.members[0].mesh_addr, MeshAddr::Ip(addr("[::1]:5081")));
 
         let text = t.to_toml_string();
         assert_eq!(
@@ -732,7 +819,7 @@ client_addr = 5090
             "invalid topology: 12 problem(s):
   - version: must be at least 1
   - member #2 (fe2.contoso.test): unknown role \"frontend\" (expected front-end, edge or director)
-  - member #2 (fe2.contoso.test): mesh_addr \"localhost:5071\" is not an IP:port socket address
+  - member #2 (fe2.contoso.test): mesh_addr \"localhost:5071\" is not an IP:port socket address or a DNS NAME:PORT
   - member #2 (fe2.contoso.test): client_addr 127.0.0.1:0: port must not be 0
   - member #3 (edge_1.contoso.test): missing field \"role\"
   - member #3 (edge_1.contoso.test): bad fqdn: DNS name \"edge_1.contoso.test\" has an invalid label \"edge_1\" (1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-')
@@ -810,7 +897,7 @@ client_addr = "127.0.0.1:5070"
         let m = |name: &str, mesh: &str, client: &str| TrustedServer {
             fqdn: Fqdn::new(name).unwrap(),
             role: Role::Director,
-            mesh_addr: addr(mesh),
+            mesh_addr: addr(mesh).into(),
             client_addr: addr(client),
             pool: None,
             federation_addr: None,
@@ -861,7 +948,7 @@ client_addr = "127.0.0.1:5070"
     fn member_lookup_is_case_insensitive() {
         let t = Topology::from_toml_str(VALID).unwrap();
         let fe1 = t.member("FE1.Contoso.Test").unwrap();
-        assert_eq!(fe1.mesh_addr, addr("127.0.0.1:5061"));
+        assert_eq!(fe1.mesh_addr, MeshAddr::Ip(addr("127.0.0.1:5061")));
         assert_eq!(t.member("fe1.contoso.test.").unwrap(), fe1);
         assert!(t.contains("Edge.contoso.test"));
         assert!(!t.contains("fe3.contoso.test"));
@@ -940,7 +1027,7 @@ mod diff_tests {
         TrustedServer {
             fqdn: Fqdn::new(&format!("fe{n}.contoso.test")).unwrap(),
             role: Role::FrontEnd,
-            mesh_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            mesh_addr: format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap().into(),
             client_addr: format!("127.0.0.1:{}", port + 1000).parse().unwrap(),
             pool: None,
             federation_addr: None,

@@ -145,7 +145,7 @@ impl Plan {
             .map(|(fqdn, mesh, client)| TrustedServer {
                 fqdn: Fqdn::new(fqdn).expect("fqdn"),
                 role: Role::FrontEnd,
-                mesh_addr: mesh.local_addr().expect("addr"),
+                mesh_addr: mesh.local_addr().expect("addr").into(),
                 client_addr: client.local_addr().expect("addr"),
                 pool: None,
                 federation_addr: None,
@@ -157,7 +157,7 @@ impl Plan {
             members.push(TrustedServer {
                 fqdn: Fqdn::new(fqdn).expect("fqdn"),
                 role: Role::FrontEnd,
-                mesh_addr: addr.unwrap_or_else(|| placeholder(port)),
+                mesh_addr: addr.unwrap_or_else(|| placeholder(port)).into(),
                 client_addr: placeholder(port + 1),
                 pool: None,
                 federation_addr: None,

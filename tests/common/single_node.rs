@@ -113,7 +113,7 @@ impl SingleNodeBuilder {
         let me = TrustedServer {
             fqdn: Fqdn::new(&self.fqdn).unwrap_or_else(|e| panic!("fqdn {}: {e}", self.fqdn)),
             role: Role::FrontEnd,
-            mesh_addr: OWN_MESH_PLACEHOLDER,
+            mesh_addr: OWN_MESH_PLACEHOLDER.into(),
             client_addr: OWN_CLIENT_PLACEHOLDER,
             pool: None,
             federation_addr: None,
@@ -123,7 +123,7 @@ impl SingleNodeBuilder {
             .chain(self.members.iter().map(|(fqdn, mesh_addr)| TrustedServer {
                 fqdn: Fqdn::new(fqdn).unwrap_or_else(|e| panic!("fqdn {fqdn}: {e}")),
                 role: Role::FrontEnd,
-                mesh_addr: *mesh_addr,
+                mesh_addr: (*mesh_addr).into(),
                 // Never bound nor dialed (links use mesh addresses only).
                 client_addr: free_addr(),
                 pool: None,

@@ -257,6 +257,9 @@ pub struct MeshTiming {
     pub max_connections_per_ip: usize,
     /// Of `max_connections`, how many only members' IPs may use.
     pub member_reserved_connections: usize,
+    /// Resolver for members whose `mesh_addr` is a DNS name (`dns =
+    /// "IP:PORT"`); the system's when `None`.
+    pub dns: Option<SocketAddr>,
 }
 
 impl Default for MeshTiming {
@@ -269,6 +272,7 @@ impl Default for MeshTiming {
             max_connections: DEFAULT_MAX_MESH_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MESH_MAX_CONNECTIONS_PER_IP,
             member_reserved_connections: DEFAULT_MAX_MESH_CONNECTIONS / DEFAULT_MEMBER_RESERVED_SHARE,
+            dns: None,
         }
     }
 }

@@ -98,6 +98,7 @@ struct RawMesh {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     member_reserved_connections: Option<usize>,
+    dns: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -304,6 +305,7 @@ impl NodeConfig {
                 max_connections,
                 max_connections_per_ip,
                 member_reserved_connections,
+                dns: raw.mesh.dns,
             },
             sip,
             federation: match raw.federation {

@@ -48,6 +48,9 @@ impl NodeConfig {
             m.max_connections_per_ip,
             m.member_reserved_connections
         );
+        if let Some(dns) = m.dns {
+            s += &format!("dns = \"{dns}\"\n");
+        }
         let p = &self.sip;
         s += "\n[sip]\n";
         if let Some(d) = &p.domain {

@@ -13,7 +13,6 @@
 //! client connections; what differs is the door (`Proxy::from_partner`) and
 //! what leaves (`Proxy::towards_partner`).
 
-pub mod dns;
 pub mod trust;
 
 use std::collections::BTreeMap;
@@ -245,7 +244,7 @@ pub struct Federation {
     /// When each refusal reason was last logged.
     logged: Mutex<BTreeMap<&'static str, Instant>>,
     /// Finds partner edges (on an edge).
-    resolver: Option<dns::PartnerResolver>,
+    resolver: Option<crate::net::dns::Resolver>,
 }
 
 impl Federation {
@@ -287,7 +286,7 @@ impl Federation {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.clone())));
         server.alpn_protocols.clear();
-        let resolver = dns::PartnerResolver::new(config.dns).map_err(TlsError::Verifier)?;
+        let resolver = crate::net::dns::Resolver::new(config.dns).map_err(TlsError::Verifier)?;
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE);
         Ok((
             Federation {
@@ -775,9 +774,9 @@ enum DialError {
 
 async fn connect(
     edge: &EdgeSide,
-    resolver: &dns::PartnerResolver,
+    resolver: &crate::net::dns::Resolver,
     partner: &Partner,
-    target: &dns::Target,
+    target: &crate::net::dns::Target,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SocketAddr), DialError> {
     // The names the edge may carry: the pinned edge (allowed-server), or the
     // domain and the SRV target we were sent to (allowed-domain).

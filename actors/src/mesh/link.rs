@@ -21,7 +21,9 @@ use actix::prelude::*;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use sipmesh_state::{Fqdn, TrustedServer};
+use std::net::SocketAddr;
+
+use sipmesh_state::{Fqdn, MeshAddr, TrustedServer};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 // tokio's clock (std's in production) so link timers run on a paused clock in tests.
@@ -368,11 +370,25 @@ async fn writer(mut sink: SplitSink<MeshFramed, Frame>, mut rx: mpsc::Receiver<F
 
 /// Dial a peer: TCP, TLS with our certificate, hello both ways.
 async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Result<Established, String> {
-    let addr = peer.mesh_addr;
     let attempt = async {
+        // A name is resolved now (the resolver caches by TTL); the
+        // certificate check below is what makes a wrong answer harmless.
+        let addrs = match &peer.mesh_addr {
+            MeshAddr::Ip(a) => vec![*a],
+            MeshAddr::Name(name, port) => {
+                let resolver = shared
+                    .resolver
+                    .as_ref()
+                    .ok_or("no resolver for a member named by DNS")?;
+                resolver.addrs(name.as_str(), *port).await?
+            }
+        };
+        let addr = *addrs
+            .first()
+            .ok_or_else(|| format!("{} resolves to no address", peer.mesh_addr))?;
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|e| format!("connect {addr} ({}): {e}", peer.mesh_addr))?;
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().ok();
         let name = rustls::pki_types::ServerName::try_from(peer.fqdn.to_string()).map_err(|e| e.to_string())?;
@@ -429,7 +445,8 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!(
-            "handshake with {addr} not finished within {} ms",
+            "handshake with {} not finished within {} ms",
+            peer.mesh_addr,
             timeout.as_millis()
         )),
     }
@@ -557,7 +574,10 @@ impl Handler<Recheck> for PeerLink {
         let Err(rej) = self.shared.tls.load().verifier.recheck(&chain) else {
             return;
         };
-        let remote = remote.and_then(|r| r.parse().ok()).unwrap_or(self.peer.mesh_addr);
+        let remote = remote
+            .and_then(|r| r.parse().ok())
+            .or(self.peer.mesh_addr.socket_addr())
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], self.peer.mesh_addr.port())));
         self.shared.rejections.record(remote, Direction::Recheck, &rej);
         let state = if rej.reason == RejectReason::Revoked {
             LinkState::Revoked

@@ -70,7 +70,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, directory: Arc<Di
         )
     };
     let members = shared.clone();
-    let trusted = move |ip: IpAddr| members.topology.load().members.iter().any(|m| m.mesh_addr.ip() == ip);
+    let trusted = move |ip: IpAddr| {
+        members
+            .topology
+            .load()
+            .members
+            .iter()
+            .any(|m| m.mesh_addr.ip() == Some(ip))
+    };
     let door = Door {
         name: "mesh",
         limits: Limits {

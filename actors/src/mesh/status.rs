@@ -286,6 +286,9 @@ pub struct Shared {
     pub mesh_accept: Arc<AcceptStats>,
     /// Counters of the client port's accept loop and connection deadlines.
     pub client_accept: Arc<AcceptStats>,
+    /// Resolves members whose `mesh_addr` is a DNS name (`[mesh] dns`, or
+    /// the system's resolvers); `None` when none could be built.
+    pub resolver: Option<Arc<crate::net::dns::Resolver>>,
 }
 
 impl Shared {

@@ -170,6 +170,9 @@ pub struct Proxy {
     federation: Arc<crate::federation::Federation>,
     /// `FEDERATION_FQDN:PORT` on the federation edge (our entry towards partners).
     federation_host: Option<String>,
+    /// `HOST:PORT` of our mesh-facing Record-Route entry: the mesh listener's
+    /// address, or `FQDN:PORT` when the topology names us by DNS.
+    mesh_host: String,
 }
 
 fn branch() -> String {
@@ -226,6 +229,15 @@ impl Proxy {
                 f.split_once('.').map_or(f, |(_, rest)| rest).to_owned()
             });
         let advertise = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
+        let mesh_host = match shared
+            .topology
+            .load()
+            .member(shared.fqdn.as_str())
+            .map(|m| &m.mesh_addr)
+        {
+            Some(sipmesh_state::MeshAddr::Name(_, port)) => format!("{}:{port}", shared.fqdn),
+            _ => shared.mesh_addr.to_string(),
+        };
         Ok(Proxy {
             auth_guard: Mutex::new(authn::AuthGuard::new(&config)),
             registrar: Registrar::new(store, config.min_expires, config.max_expires),
@@ -239,6 +251,7 @@ impl Proxy {
             advertise,
             client_addr,
             federation_host: federation.edge.as_ref().map(|e| e.host_port()),
+            mesh_host,
             federation,
         })
     }
@@ -568,6 +581,9 @@ impl RoutingView for Proxy {
                     .iter()
                     .find(|m| m.mesh_addr == addr)
                     .map(|m| m.fqdn.clone())
+                    .or_else(|| {
+                        (SocketAddr::new(host.ip()?, port?) == self.shared.mesh_addr).then(|| self.shared.fqdn.clone())
+                    })
             }
         }
     }
@@ -608,7 +624,7 @@ impl RoutingView for Proxy {
     fn record_route_as(&self) -> route::RecordRouteAs<'_> {
         route::RecordRouteAs {
             client: &self.advertise,
-            mesh: self.shared.mesh_addr,
+            mesh: &self.mesh_host,
             federation: self.federation_host.as_deref(),
         }
     }

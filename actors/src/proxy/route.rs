@@ -366,7 +366,7 @@ pub struct RecordRouteAs<'a> {
     pub client: &'a str,
     /// Towards peers: the node's mesh address from the topology (an address,
     /// so a phone's route set never holds a name it would try to resolve).
-    pub mesh: std::net::SocketAddr,
+    pub mesh: &'a str,
     /// Towards partners (a federation edge only): `FEDERATION_FQDN:PORT`.
     pub federation: Option<&'a str>,
 }

@@ -69,7 +69,7 @@ fn node(config: SipConfig) -> Node {
         members: vec![TrustedServer {
             fqdn: Fqdn::new(FE1).unwrap(),
             role: Role::FrontEnd,
-            mesh_addr: "127.0.0.1:5071".parse().unwrap(),
+            mesh_addr: "127.0.0.1:5071".parse::<SocketAddr>().unwrap().into(),
             client_addr,
             pool: None,
             federation_addr: None,
@@ -96,6 +96,7 @@ fn node(config: SipConfig) -> Node {
         sni_paths: vec![],
         mesh_accept: Default::default(),
         client_accept: Default::default(),
+        resolver: None,
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
     let federation = Arc::new(crate::federation::Federation::inert(shared.topology.clone()));

@@ -142,7 +142,7 @@ impl RoutingView for View {
         // address (is_me above knows both).
         RecordRouteAs {
             client: "127.0.0.1:5061",
-            mesh: "198.18.0.1:5071".parse().unwrap(),
+            mesh: "198.18.0.1:5071",
             federation: None,
         }
     }

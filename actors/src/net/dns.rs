@@ -1,5 +1,7 @@
-//! Locating a partner's edge (RFC 3263 over TLS), with hickory-resolver:
-//! its cache keeps answers for their TTLs.
+//! Name resolution for the doors that dial out: mesh members named by DNS
+//! (`[mesh] dns`) and partner edges (`[federation] dns`), with
+//! hickory-resolver (its cache keeps answers for their TTLs). For partners
+//! (RFC 3263 over TLS):
 //!
 //! - `allowed-server`: the partner's `address` (`HOST:PORT`, an IP or a name).
 //! - `allowed-domain`: SRV `_sipfederationtls._tcp.DOMAIN` (what Lync and
@@ -35,14 +37,14 @@ pub struct Target {
     pub weight: u16,
 }
 
-/// The resolver of an edge (`[federation] dns`, or the system's).
-pub struct PartnerResolver {
+/// A resolver: a configured DNS server, or the system's.
+pub struct Resolver {
     inner: TokioResolver,
 }
 
-impl PartnerResolver {
+impl Resolver {
     /// Ask `dns` (an `IP:PORT`, UDP and TCP) or the system's resolvers.
-    pub fn new(dns: Option<SocketAddr>) -> Result<PartnerResolver, String> {
+    pub fn new(dns: Option<SocketAddr>) -> Result<Resolver, String> {
         let mut builder = match dns {
             Some(addr) => {
                 let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
@@ -55,7 +57,7 @@ impl PartnerResolver {
         };
         builder.options_mut().timeout = DNS_TIMEOUT;
         builder.options_mut().attempts = 1;
-        Ok(PartnerResolver { inner: builder.build() })
+        Ok(Resolver { inner: builder.build() })
     }
 
     /// Where to dial `partner`, in the order to try.
