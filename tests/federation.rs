@@ -512,7 +512,7 @@ fn republish_to(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology), so
     assert_eq!(result["applied"], true, "{result}");
     for s in sockets {
         poll_until(UP, Duration::from_millis(50), || {
-            (debug(&s, "topology")["version"] == t.version).then_some(())
+            (debug(s, "topology")["version"] == t.version).then_some(())
         })
         .unwrap_or_else(|| panic!("v{} never reached {}", t.version, s.display()));
     }
