@@ -67,6 +67,11 @@ impl From<TopologyDiff> for TopologyDiffView {
     }
 }
 
+/// An optional address as the diff shows it.
+fn shown(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "none".to_owned(), |a| a.to_string())
+}
+
 impl TopologyDiffView {
     /// One line per change: `+`, `-`, `~`.
     pub fn render(&self) -> String {
@@ -74,7 +79,10 @@ impl TopologyDiffView {
         for m in &self.added {
             out += &format!(
                 "+ {} ({}, mesh {}, client {})\n",
-                m.fqdn, m.role, m.mesh_addr, m.client_addr
+                m.fqdn,
+                m.role,
+                m.mesh_addr,
+                shown(m.client_addr)
             );
         }
         for m in &self.removed {
@@ -89,7 +97,11 @@ impl TopologyDiffView {
                 what.push(format!("mesh_addr {} -> {}", o.mesh_addr, n.mesh_addr));
             }
             if o.client_addr != n.client_addr {
-                what.push(format!("client_addr {} -> {}", o.client_addr, n.client_addr));
+                what.push(format!(
+                    "client_addr {} -> {}",
+                    shown(o.client_addr),
+                    shown(n.client_addr)
+                ));
             }
             if o.pool != n.pool {
                 what.push(format!("pool {:?} -> {:?}", o.pool, n.pool));

@@ -131,7 +131,7 @@ fn member(fqdn: &str) -> TrustedServer {
         fqdn: Fqdn::new(fqdn).expect("fqdn"),
         role: Role::FrontEnd,
         mesh_addr: free_addr().into(),
-        client_addr: free_addr(),
+        client_addr: Some(free_addr()),
         pool: None,
         federation_addr: None,
         federation_fqdn: None,
@@ -514,7 +514,7 @@ fn foreign_and_stale_topologies_are_refused() {
     write_topology(&v2, &Topology::new(2, plus).expect("v2"));
 
     let mut changed = v1.members.clone();
-    changed[2].client_addr = free_addr();
+    changed[2].client_addr = Some(free_addr());
     let same_version = dir.join("v1-changed.toml");
     write_topology(&same_version, &Topology::new(1, changed).expect("v1 changed"));
 

@@ -115,9 +115,13 @@ pub async fn run(
         ));
     let mesh = bind_tcp(listeners.mesh, mesh_addr, "mesh").await?;
     let mesh_addr = mesh.local_addr().unwrap_or(mesh_addr);
-    let client_addr = config.client_listen.unwrap_or(me.client_addr);
-    let client = bind_tcp(listeners.client, client_addr, "sip clients").await?;
-    let client_addr = client.local_addr().unwrap_or(client_addr);
+    // An edge may have no client port: no client door then.
+    let client = match (listeners.client, config.client_listen.or(me.client_addr)) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(bind_tcp(None, addr, "sip clients").await?),
+        (None, None) => None,
+    };
+    let client_addr = client.as_ref().and_then(|c| c.local_addr().ok());
     let debug_listener = match listeners.debug {
         Some(l) => l,
         None => admin::bind(&config.debug_socket)?,
@@ -192,12 +196,14 @@ pub async fn run(
     let node = NodeActor::new(shared.clone(), config.mesh, directory.clone(), membership.clone(), sip).start();
     let sighup = actix_rt::spawn(reload_on_sighup(node.clone()));
     let accept = actix_rt::spawn(listener::serve(mesh, shared.clone(), directory, config.mesh));
-    let clients = actix_rt::spawn(proxy::client::serve(
-        client,
-        proxy.clone(),
-        shared.clone(),
-        config.sip.clone(),
-    ));
+    let clients = client.map(|client| {
+        actix_rt::spawn(proxy::client::serve(
+            client,
+            proxy.clone(),
+            shared.clone(),
+            config.sip.clone(),
+        ))
+    });
     let handle = NodeHandle {
         shared: shared.clone(),
         node: node.clone(),
@@ -210,7 +216,7 @@ pub async fn run(
     tracing::info!(
         fqdn = %shared.fqdn,
         mesh = %mesh_addr,
-        client = %client_addr,
+        client = ?client_addr,
         debug_socket = %config.debug_socket.display(),
         topology_version = shared.topology.load().version,
         "node running"
@@ -218,7 +224,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!(fqdn = %shared.fqdn, "shutting down");
     accept.abort();
-    clients.abort();
+    if let Some(c) = clients {
+        c.abort();
+    }
     for t in federation_tasks {
         t.abort();
     }

@@ -94,7 +94,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             fqdn: fqdn.clone(),
             role,
             mesh_addr: mesh_addr.into(),
-            client_addr,
+            client_addr: Some(client_addr),
             pool: None,
             federation_addr: federation.as_ref().map(|f| f.0),
             federation_fqdn: federation.as_ref().map(|f| f.1.clone()),

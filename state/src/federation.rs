@@ -442,7 +442,15 @@ mod tests {
         let text = doc(&format!(
             "[federation]\nblocked_domains = [\"Blocked.test\"]\n\n[[partner]]\ndomain = \"fabrikam.test\"\nmode = \"allowed-server\"\nedge = \"sip.fabrikam.test\"\naddress = \"127.0.0.1:5071\"\nca_pem = \"\"\"\n{PEM}\"\"\"\nmax_rate = 50\n\n[[partner]]\ndomain = \"northwind.test\"\nmode = \"allowed-domain\"\nca_pem = \"\"\"\n{PEM}\"\"\"\n"
         ));
+        // An edge may have no client port.
+        let text = text.replace("client_addr = \"127.0.0.1:5004\"\n", "");
         let t = Topology::from_toml_str(&text).unwrap();
+        assert_eq!(t.member("edge1.contoso.test").unwrap().client_addr, None);
+        let no_client = doc("").replace("client_addr = \"127.0.0.1:5002\"\n", "");
+        assert_eq!(
+            problems(&no_client),
+            vec!["member #1 (fe1.contoso.test): missing field \"client_addr\""]
+        );
         assert_eq!(t.federation.blocked_domains, vec!["blocked.test".to_owned()]);
         assert_eq!(t.federation.partners.len(), 2);
         let f = &t.federation.partners[0];

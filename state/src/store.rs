@@ -341,7 +341,7 @@ mod tests {
                     .parse::<std::net::SocketAddr>()
                     .unwrap()
                     .into(),
-                client_addr: format!("127.0.0.1:{}", 6000 + 2 * i).parse().unwrap(),
+                client_addr: Some(format!("127.0.0.1:{}", 6000 + 2 * i).parse().unwrap()),
                 pool: None,
                 federation_addr: None,
                 federation_fqdn: None,

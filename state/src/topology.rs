@@ -153,8 +153,10 @@ pub struct TrustedServer {
     pub role: Role,
     /// Where other mesh members reach it over mutual TLS.
     pub mesh_addr: MeshAddr,
-    /// Where SIP clients reach it.
-    pub client_addr: SocketAddr,
+    /// Where SIP clients reach it (optional for an edge, which may serve
+    /// only the mesh and its partners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<SocketAddr>,
     /// The pool this server belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<Fqdn>,
@@ -275,7 +277,8 @@ struct TomlMember<'a> {
     fqdn: &'a str,
     role: &'a str,
     mesh_addr: String,
-    client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pool: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -383,7 +386,9 @@ impl Topology {
             let fqdn_s = field("fqdn", &m.fqdn, true);
             let role_s = field("role", &m.role, true);
             let mesh_s = field("mesh_addr", &m.mesh_addr, true);
-            let client_s = field("client_addr", &m.client_addr, true);
+            // An edge may have no client port.
+            let is_edge = matches!(&m.role, Some(toml::Value::String(r)) if r == "edge");
+            let client_s = field("client_addr", &m.client_addr, !is_edge);
             let pool_s = field("pool", &m.pool, false);
             let fed_addr_s = field("federation_addr", &m.federation_addr, false);
             let fed_fqdn_s = field("federation_fqdn", &m.federation_fqdn, false);
@@ -447,8 +452,9 @@ impl Topology {
                 }),
             };
 
-            if let (Some(fqdn), Some(role), Some(mesh_addr), Some(client_addr), Ok(pool)) =
-                (&fqdn, role, mesh_addr.clone(), client_addr, pool_ok)
+            let client_ok = client_addr.is_some() || (is_edge && m.client_addr.is_none());
+            if let (Some(fqdn), Some(role), Some(mesh_addr), true, Ok(pool)) =
+                (&fqdn, role, mesh_addr.clone(), client_ok, pool_ok)
             {
                 typed.push(TrustedServer {
                     fqdn: fqdn.clone(),
@@ -515,7 +521,7 @@ impl Topology {
                     Partial {
                         fqdn: Some(m.fqdn.clone()),
                         mesh_addr: Some(m.mesh_addr.clone()),
-                        client_addr: Some(m.client_addr),
+                        client_addr: m.client_addr,
                     },
                 )
             })
@@ -569,7 +575,7 @@ impl Topology {
                     fqdn: m.fqdn.as_str(),
                     role: m.role.as_str(),
                     mesh_addr: m.mesh_addr.to_string(),
-                    client_addr: m.client_addr.to_string(),
+                    client_addr: m.client_addr.map(|a| a.to_string()),
                     pool: m.pool.as_ref().map(Fqdn::as_str),
                     federation_addr: m.federation_addr.map(|a| a.to_string()),
                     federation_fqdn: m.federation_fqdn.as_ref().map(Fqdn::as_str),
@@ -744,7 +750,7 @@ client_addr = "[::1]:5080"
                 fqdn: Fqdn::new("fe1.contoso.test").unwrap(),
                 role: Role::FrontEnd,
                 mesh_addr: addr("127.0.0.1:5061").into(),
-                client_addr: addr("127.0.0.1:5060"),
+                client_addr: Some(addr("127.0.0.1:5060")),
                 pool: Some(Fqdn::new("pool1.contoso.test").unwrap()),
                 federation_addr: None,
                 federation_fqdn: None,
@@ -898,7 +904,7 @@ client_addr = "127.0.0.1:5070"
             fqdn: Fqdn::new(name).unwrap(),
             role: Role::Director,
             mesh_addr: addr(mesh).into(),
-            client_addr: addr(client),
+            client_addr: Some(addr(client)),
             pool: None,
             federation_addr: None,
             federation_fqdn: None,
@@ -1028,7 +1034,7 @@ mod diff_tests {
             fqdn: Fqdn::new(&format!("fe{n}.contoso.test")).unwrap(),
             role: Role::FrontEnd,
             mesh_addr: format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap().into(),
-            client_addr: format!("127.0.0.1:{}", port + 1000).parse().unwrap(),
+            client_addr: Some(format!("127.0.0.1:{}", port + 1000).parse().unwrap()),
             pool: None,
             federation_addr: None,
             federation_fqdn: None,

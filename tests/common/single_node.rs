@@ -114,7 +114,7 @@ impl SingleNodeBuilder {
             fqdn: Fqdn::new(&self.fqdn).unwrap_or_else(|e| panic!("fqdn {}: {e}", self.fqdn)),
             role: Role::FrontEnd,
             mesh_addr: OWN_MESH_PLACEHOLDER.into(),
-            client_addr: OWN_CLIENT_PLACEHOLDER,
+            client_addr: Some(OWN_CLIENT_PLACEHOLDER),
             pool: None,
             federation_addr: None,
             federation_fqdn: None,
@@ -125,7 +125,7 @@ impl SingleNodeBuilder {
                 role: Role::FrontEnd,
                 mesh_addr: (*mesh_addr).into(),
                 // Never bound nor dialed (links use mesh addresses only).
-                client_addr: free_addr(),
+                client_addr: Some(free_addr()),
                 pool: None,
                 federation_addr: None,
                 federation_fqdn: None,

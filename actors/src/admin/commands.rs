@@ -184,7 +184,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
                 "pid": std::process::id(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "mesh_addr": shared.mesh_addr.to_string(),
-                "client_addr": node.proxy.client_addr().to_string(),
+                "client_addr": node.proxy.client_addr().map(|a| a.to_string()),
                 "rejections": shared.rejections.totals(),
                 "accept": {
                     "mesh": shared.mesh_accept.to_json(),
@@ -213,7 +213,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
                             "fqdn": m.fqdn.as_str(),
                             "role": m.role.as_str(),
                             "mesh_addr": m.mesh_addr.to_string(),
-                            "client_addr": m.client_addr.to_string(),
+                            "client_addr": m.client_addr.map(|a| a.to_string()),
                             "pool": m.pool.as_ref().map(|p| p.as_str()),
                             "self": m.fqdn == shared.fqdn,
                         })

@@ -163,7 +163,7 @@ pub struct Proxy {
     txns: Mutex<Transactions>,
     counters: Mutex<SipCounters>,
     /// The client listener's address (requests to it are addressed to this node).
-    client_addr: SocketAddr,
+    client_addr: Option<SocketAddr>,
     /// `HOST:PORT` clients reach us at (`sip.advertise`, else `client_addr`).
     advertise: String,
     /// Partners, and the external side when this node is the federation edge.
@@ -199,13 +199,14 @@ fn server_key(msg: &SipMessage) -> Option<String> {
 }
 
 impl Proxy {
-    /// A proxy for the node whose client listener is bound at `client_addr`;
+    /// A proxy for the node whose client listener is bound at `client_addr`
+    /// (`None`: an edge without a client port);
     /// `store` keeps registrations.
     pub fn new(
         shared: Arc<Shared>,
         config: SipConfig,
         store: Arc<Store>,
-        client_addr: SocketAddr,
+        client_addr: Option<SocketAddr>,
         federation: Arc<crate::federation::Federation>,
     ) -> Result<Proxy, String> {
         let auth = match &config.users {
@@ -228,7 +229,12 @@ impl Proxy {
                 let f = shared.fqdn.as_str();
                 f.split_once('.').map_or(f, |(_, rest)| rest).to_owned()
             });
-        let advertise = config.advertise.clone().unwrap_or_else(|| client_addr.to_string());
+        // No client port (an edge without client_addr): nothing to advertise.
+        let advertise = config
+            .advertise
+            .clone()
+            .or_else(|| client_addr.map(|a| a.to_string()))
+            .unwrap_or_default();
         let mesh_host = match shared
             .topology
             .load()
@@ -277,7 +283,7 @@ impl Proxy {
     }
 
     /// The client listener's address.
-    pub fn client_addr(&self) -> SocketAddr {
+    pub fn client_addr(&self) -> Option<SocketAddr> {
         self.client_addr
     }
 
@@ -564,7 +570,7 @@ impl RoutingView for Proxy {
             Host::V6(ip) => std::net::IpAddr::V6(*ip),
         };
         let at = |a: SocketAddr| a.ip() == ip && port.is_none_or(|p| p == a.port());
-        at(self.client_addr)
+        self.client_addr.is_some_and(at)
             || self.advertise.parse().is_ok_and(at)
             || port.is_some() && at(self.shared.mesh_addr)
             || port.is_some() && self.federation.edge.as_ref().is_some_and(|e| at(e.addr))

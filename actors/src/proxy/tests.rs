@@ -70,7 +70,7 @@ fn node(config: SipConfig) -> Node {
             fqdn: Fqdn::new(FE1).unwrap(),
             role: Role::FrontEnd,
             mesh_addr: "127.0.0.1:5071".parse::<SocketAddr>().unwrap().into(),
-            client_addr,
+            client_addr: Some(client_addr),
             pool: None,
             federation_addr: None,
             federation_fqdn: None,
@@ -100,7 +100,7 @@ fn node(config: SipConfig) -> Node {
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
     let federation = Arc::new(crate::federation::Federation::inert(shared.topology.clone()));
-    let proxy = Arc::new(Proxy::new(shared, config, store, client_addr, federation).unwrap());
+    let proxy = Arc::new(Proxy::new(shared, config, store, Some(client_addr), federation).unwrap());
     let timers = tokio::spawn(txn::drive_timers(Arc::downgrade(&proxy)));
     Node {
         proxy,
