@@ -393,6 +393,26 @@ async fn the_federation_door_refuses_strangers_impostors_and_spoofed_domains() {
         reasons.contains(&"name-mismatch") && reasons.contains(&"unknown-ca"),
         "{rejections}"
     );
+
+    // Our own domain as a partner is refused by every node that serves it.
+    use sipmesh_state::{signed, AdminKey, Topology};
+    let doc = std::fs::read_to_string(a.info["topology"].as_str().unwrap()).unwrap();
+    let mut t = Topology::from_toml_str(signed::unsigned_content(&doc)).unwrap();
+    t.version += 1;
+    let mut own = t.federation.partners[0].clone();
+    own.domain = "contoso.test".into();
+    t.federation.partners.push(own);
+    let key = AdminKey::load(Path::new(a.info["topology_key"].as_str().unwrap())).unwrap();
+    let request = serde_json::json!({"cmd": "publish", "document": key.sign(&t.to_toml_string())}).to_string();
+    let err = try_debug(&a.edge_socket(), &request).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "invalid: v{}: partner #2 (contoso.test) is this node's own SIP domain",
+            t.version
+        )),
+        "{err}"
+    );
+    assert_eq!(debug(&a.edge_socket(), "topology")["version"], t.version - 1);
 }
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";

@@ -179,6 +179,16 @@ pub async fn run(
         )
         .map_err(NodeError::Sip)?,
     );
+    // Our own domain as a partner would let that "partner" speak for our users.
+    if let Some(problem) = shared.topology.load().federation.own_domain_problem(proxy.domain()) {
+        return Err(NodeError::Topology(sipmesh_state::TopologyError::Invalid(vec![
+            sipmesh_state::TopologyIssue {
+                member: None,
+                fqdn: None,
+                problem,
+            },
+        ])));
+    }
     let federation_tasks = match (federation_listener, dial_rx) {
         (Some(l), Some(rx)) => {
             tracing::info!(federation = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "federation listener up");
@@ -190,7 +200,7 @@ pub async fn run(
         _ => Vec::new(),
     };
     let timers = actix_rt::spawn(proxy::txn::drive_timers(Arc::downgrade(&proxy)));
-    let membership = Membership::new(store.clone(), shared.clone()).start();
+    let membership = Membership::new(store.clone(), shared.clone(), proxy.domain().to_owned()).start();
     let directory = Arc::new(Directory::default());
     let sip: Arc<dyn SipSink> = proxy.clone();
     let node = NodeActor::new(shared.clone(), config.mesh, directory.clone(), membership.clone(), sip).start();

@@ -120,6 +120,19 @@ impl Federation {
         }
     }
 
+    /// The problem with this policy for a node serving `domain`: our own
+    /// domain listed as a partner (its users would be spoofable by that
+    /// "partner") or blocked. Checked by each node, which knows its domain.
+    pub fn own_domain_problem(&self, domain: &str) -> Option<String> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(i) = self.partners.iter().position(|p| p.domain == domain) {
+            return Some(format!("partner #{} ({domain}) is this node's own SIP domain", i + 1));
+        }
+        self.blocked_domains
+            .contains(&domain)
+            .then(|| format!("federation.blocked_domains lists this node's own SIP domain {domain}"))
+    }
+
     /// The partner of `domain`, unless blocked.
     pub fn partner(&self, domain: &str) -> Option<&Partner> {
         match self.verdict(domain) {

@@ -105,12 +105,14 @@ pub fn initial_topology(config: &NodeConfig, store: &Store) -> Result<Initial, N
 pub struct Membership {
     store: Arc<Store>,
     shared: Arc<Shared>,
+    /// The SIP domain this node serves (a topology naming it as a partner is refused).
+    domain: String,
 }
 
 impl Membership {
-    /// Wrap the store the node opened.
-    pub fn new(store: Arc<Store>, shared: Arc<Shared>) -> Membership {
-        Membership { store, shared }
+    /// Wrap the store the node opened; `domain` is the SIP domain served.
+    pub fn new(store: Arc<Store>, shared: Arc<Shared>, domain: String) -> Membership {
+        Membership { store, shared, domain }
     }
 }
 
@@ -177,6 +179,9 @@ impl Handler<Offer> for Membership {
             Ok(s) => s,
             Err(e) => return refuse(e.reason(), e.to_string()),
         };
+        if let Some(problem) = signed.topology.federation.own_domain_problem(&self.domain) {
+            return refuse("invalid", format!("v{}: {problem}", signed.topology.version));
+        }
         let current = self.shared.topology.load_full();
         let offered = signed.topology.version;
         if offered < current.version {
