@@ -252,6 +252,16 @@ impl Proxy {
         };
         groups.reverse(); // popped from the end: lower q last
         let groups_empty = groups.is_empty();
+        // Who pays for the bytes held: the authenticated user, else a
+        // partner as a whole (all its connections together), else the flow.
+        let partner_payer = match (&origin.identity, &source) {
+            (None, Source::Flow(f)) => self
+                .flows
+                .get(*f)
+                .and_then(|flow| flow.partner.as_ref().map(|d| format!("partner:{d}"))),
+            _ => None,
+        };
+        let payer = origin.identity.as_deref().or(partner_payer.as_deref());
         {
             let mut t = self.txns();
             if t.server.len() >= MAX_TRANSACTIONS {
@@ -259,7 +269,7 @@ impl Proxy {
                 return self.reject(&source, &msg, SipReject::Busy);
             }
             let charge = t.budget.charge(
-                origin.identity.as_deref(),
+                payer,
                 &source,
                 held_bytes(&msg),
                 self.config.max_transaction_bytes_per_user,
