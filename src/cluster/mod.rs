@@ -257,6 +257,16 @@ fn print_summary(dir: &Path, cluster: &ClusterFile) {
             println!("  {}  password {}", u.aor, u.password);
         }
     }
+    if let Some(e) = &cluster.edge {
+        println!(
+            "federation:   {} listens as {} at {} (external CA {}); partner with `sipmesh cluster federate --dir {} --dir OTHER`",
+            e.fqdn,
+            e.federation_fqdn,
+            e.federation_addr,
+            e.federation_ca.display(),
+            dir.display()
+        );
+    }
     println!("cluster file: {}", dir.join(CLUSTER_FILE).display());
     if let Some(first) = cluster.nodes.first() {
         println!(
