@@ -39,6 +39,8 @@ pub const MESH: &str = "mesh";
 pub const CLIENT: &str = "client";
 /// `LISTEN_FDNAMES` name of an edge's federation listener.
 pub const FEDERATION: &str = "federation";
+/// `LISTEN_FDNAMES` name of the metrics listener.
+pub const METRICS: &str = "metrics";
 
 /// What is wrong with the inherited sockets; each names the offending value.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +66,7 @@ pub enum ActivationError {
         named: usize,
     },
     /// A name other than `mesh` or `client`.
-    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH}, {CLIENT} or {FEDERATION})")]
+    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH}, {CLIENT}, {FEDERATION} or {METRICS})")]
     UnknownName {
         /// `LISTEN_FDNAMES`.
         names: String,
@@ -100,6 +102,8 @@ pub struct Named {
     pub client: Option<usize>,
     /// Offset of the federation socket.
     pub federation: Option<usize>,
+    /// Offset of the metrics socket.
+    pub metrics: Option<usize>,
 }
 
 /// Read the values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for
@@ -141,6 +145,7 @@ pub fn parse(
             MESH => (&mut named.mesh, MESH),
             CLIENT => (&mut named.client, CLIENT),
             FEDERATION => (&mut named.federation, FEDERATION),
+            METRICS => (&mut named.metrics, METRICS),
             other => {
                 return Err(ActivationError::UnknownName {
                     names: names.to_owned(),
@@ -167,6 +172,8 @@ pub struct Inherited {
     pub client: Option<TcpListener>,
     /// The federation socket, if one was named `federation`.
     pub federation: Option<TcpListener>,
+    /// The metrics socket, if one was named `metrics`.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Inherited {
@@ -208,6 +215,7 @@ impl Inherited {
             mesh: take(named.mesh, MESH)?,
             client: take(named.client, CLIENT)?,
             federation: take(named.federation, FEDERATION)?,
+            metrics: take(named.metrics, METRICS)?,
         };
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -226,6 +234,7 @@ impl Inherited {
             mesh: tokio(self.mesh)?,
             client: tokio(self.client)?,
             federation: tokio(self.federation)?,
+            metrics: tokio(self.metrics)?,
             debug: None,
         })
     }
@@ -268,6 +277,7 @@ mod tests {
                 mesh: Some(0),
                 client: Some(1),
                 federation: None,
+                metrics: None,
             })
         );
         assert_eq!(
@@ -276,6 +286,7 @@ mod tests {
                 mesh: Some(1),
                 client: Some(0),
                 federation: None,
+                metrics: None,
             })
         );
         assert_eq!(
@@ -284,6 +295,7 @@ mod tests {
                 mesh: Some(0),
                 client: Some(1),
                 federation: Some(2),
+                metrics: None,
             })
         );
         assert_eq!(
@@ -292,6 +304,7 @@ mod tests {
                 mesh: None,
                 client: Some(0),
                 federation: None,
+                metrics: None,
             })
         );
     }
@@ -333,16 +346,16 @@ mod tests {
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:sip")),
-            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh, client or federation)"#
+            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh, client, federation or metrics)"#
         );
         // systemd's default name is the socket unit's name.
         assert_eq!(
             err(None, Some("1"), Some("sipmesh.socket")),
-            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client or federation)"#
+            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client, federation or metrics)"#
         );
         assert_eq!(
             err(None, Some("1"), Some("")),
-            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh, client or federation)"#
+            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh, client, federation or metrics)"#
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:mesh")),

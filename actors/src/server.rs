@@ -53,6 +53,8 @@ pub struct Listeners {
     pub debug: Option<UnixListener>,
     /// The federation listener of an edge.
     pub federation: Option<TcpListener>,
+    /// The metrics listener (`[admin] metrics`).
+    pub metrics: Option<TcpListener>,
 }
 
 /// What the process around a node provides.
@@ -222,6 +224,15 @@ pub async fn run(
         faults: std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1"),
         set_log_level: hooks.set_log_level,
     };
+    let metrics_listener = match (listeners.metrics, config.admin.metrics) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(bind_tcp(None, addr, "metrics").await?),
+        (None, None) => None,
+    };
+    let metrics_task = metrics_listener.map(|l| {
+        tracing::info!(metrics = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listener up");
+        actix_rt::spawn(admin::metrics::serve(l, handle.clone()))
+    });
     let debug_task = actix_rt::spawn(admin::serve(debug_listener, handle));
     tracing::info!(
         fqdn = %shared.fqdn,
@@ -246,6 +257,9 @@ pub async fn run(
     let _ = proxy.registrar.committed().await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     debug_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     timers.abort();
     let _ = std::fs::remove_file(&config.debug_socket);
     Ok(())

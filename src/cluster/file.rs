@@ -89,6 +89,9 @@ pub struct ClusterNode {
     /// An edge's federation listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation_addr: Option<SocketAddr>,
+    /// Its Prometheus metrics listener (`GET /metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ClusterFile {

@@ -138,6 +138,9 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                 dns: opts.federation_dns,
                 max_connections: sipmesh_actors::config::DEFAULT_MAX_FEDERATION_CONNECTIONS,
             }),
+            admin: sipmesh_actors::config::AdminConfig {
+                metrics: sockets.metrics_addr(),
+            },
         };
         let config_path = node_dir.join("node.toml");
         std::fs::write(&config_path, config.to_toml())?;
@@ -145,6 +148,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             fqdn: fqdn.to_string(),
             role,
             federation_addr,
+            metrics_addr: sockets.metrics_addr(),
             client_addr,
             mesh_addr,
             debug_socket: config.debug_socket.clone(),

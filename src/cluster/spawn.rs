@@ -30,6 +30,8 @@ pub(super) struct NodeSockets {
     client: TcpListener,
     /// An edge's federation listener.
     federation: Option<TcpListener>,
+    /// The Prometheus metrics listener (`[admin] metrics`).
+    metrics: Option<TcpListener>,
 }
 
 /// Backlog of the sockets the launcher binds: that of tokio's
@@ -56,6 +58,7 @@ impl NodeSockets {
             mesh: bind()?,
             client: bind()?,
             federation: None,
+            metrics: Some(bind()?),
         })
     }
 
@@ -65,6 +68,11 @@ impl NodeSockets {
         let mut sockets = NodeSockets::fresh()?;
         sockets.federation = Some(listen(any).context("cannot bind a loopback port")?);
         Ok(sockets)
+    }
+
+    /// The metrics socket's address.
+    pub(super) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The federation socket's address, on an edge.
@@ -86,6 +94,7 @@ impl NodeSockets {
             mesh: bind(node.mesh_addr, "mesh")?,
             client: bind(node.client_addr, "client")?,
             federation: node.federation_addr.map(|a| bind(a, "federation")).transpose()?,
+            metrics: node.metrics_addr.map(|a| bind(a, "metrics")).transpose()?,
         })
     }
 
@@ -123,6 +132,9 @@ pub(super) fn node_command(exe: &Path, node: &ClusterNode, sockets: NodeSockets)
     ];
     if let Some(f) = sockets.federation {
         handed.push((listenfds::FEDERATION, f.into()));
+    }
+    if let Some(m) = sockets.metrics {
+        handed.push((listenfds::METRICS, m.into()));
     }
     listenfds::hand_over(&mut cmd, handed)?;
     Ok(cmd)

@@ -193,6 +193,7 @@ impl Plan {
                         mesh: timing,
                         sip: Default::default(),
                         federation: None,
+                        admin: Default::default(),
                     },
                     mesh,
                     client,
@@ -222,6 +223,7 @@ impl Plan {
                 client: Some(tokio::net::TcpListener::from_std(n.client).expect("client listener")),
                 debug: None,
                 federation: None,
+                metrics: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let shutdown = async move {

@@ -164,6 +164,7 @@ impl SingleNodeBuilder {
             },
             sip: Default::default(),
             federation: None,
+            admin: Default::default(),
         };
         let config_path = root.join("node.toml");
         std::fs::write(&config_path, config.to_toml()).expect("write node.toml");

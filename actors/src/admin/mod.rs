@@ -45,6 +45,7 @@
 
 pub mod check;
 pub mod commands;
+pub mod metrics;
 pub mod socket;
 
 use std::sync::Arc;

@@ -52,6 +52,15 @@ pub struct NodeConfig {
     pub sip: SipConfig,
     /// The federation side of an Edge node (`[federation]`), if any.
     pub federation: Option<FederationConfig>,
+    /// The opt-in admin listeners (`[admin]`).
+    pub admin: AdminConfig,
+}
+
+/// The `[admin]` section: listeners that are off unless configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Prometheus metrics (`metrics = "127.0.0.1:9464"`): `GET /metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Default bound on connections from partners to the federation listener.

@@ -26,6 +26,14 @@ struct RawConfig {
     #[serde(default)]
     sip: RawSip,
     federation: Option<RawFederation>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +316,9 @@ impl NodeConfig {
                 dns: raw.mesh.dns,
             },
             sip,
+            admin: AdminConfig {
+                metrics: raw.admin.metrics,
+            },
             federation: match raw.federation {
                 None => None,
                 Some(f) => Some(FederationConfig {

@@ -94,6 +94,9 @@ impl NodeConfig {
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
+        if let Some(m) = self.admin.metrics {
+            s += &format!("\n[admin]\nmetrics = \"{m}\"\n");
+        }
         if let Some(f) = &self.federation {
             s += &format!("\n[federation]\nmax_connections = {}\n", f.max_connections);
             if let Some(a) = f.listen {

@@ -497,6 +497,7 @@ impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
                         let rtt = at.elapsed();
                         s.ping = None;
                         self.status.update(|i| i.rtt = Some(rtt));
+                        self.status.rtt_histogram.observe(rtt.as_secs_f64());
                     }
                 }
             }

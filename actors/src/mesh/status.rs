@@ -72,6 +72,9 @@ pub struct LinkInfo {
     pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+/// Buckets of the heartbeat RTT histogram, seconds (loopback to WAN).
+pub const RTT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
 /// Status of one link: shared between its actor and readers.
 #[derive(Debug)]
 pub struct LinkStatus {
@@ -94,6 +97,8 @@ pub struct LinkStatus {
     /// The writer queue of the live session, for senders outside the link
     /// actor (the SIP proxy): one bounded queue, no mailbox hop.
     pub sender: Mutex<Option<tokio::sync::mpsc::Sender<Frame>>>,
+    /// Every heartbeat RTT measured on this link (`sipmesh_link_rtt_seconds`).
+    pub rtt_histogram: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Why a frame could not be queued on a link.
@@ -132,6 +137,7 @@ impl LinkStatus {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             sender: Mutex::new(None),
+            rtt_histogram: prometheus_client::metrics::histogram::Histogram::new(RTT_BUCKETS.iter().copied()),
         }
     }
 
