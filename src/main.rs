@@ -75,6 +75,10 @@ enum NodeCommand {
         /// The node's node.toml.
         #[arg(long)]
         config: PathBuf,
+        /// Log lines as `text` (for people) or `json` (one object per line,
+        /// with the span fields of the request it concerns).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
     },
 }
 
@@ -266,20 +270,32 @@ fn parse_algorithm(s: &str) -> Result<sipmesh_actors::auth::Algorithm, String> {
 }
 
 /// Install logging; the returned hook changes the filter at run time.
-fn init_logging() -> sipmesh_actors::admin::LogLevelHook {
+fn init_logging(json: bool) -> sipmesh_actors::admin::LogLevelHook {
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{reload, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr),
-        )
-        .init();
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    }
     std::sync::Arc::new(move |directive: &str| {
         let new = EnvFilter::try_new(directive).map_err(|e| format!("bad log filter {directive:?}: {e}"))?;
         handle.reload(new).map_err(|e| e.to_string())?;
@@ -288,8 +304,8 @@ fn init_logging() -> sipmesh_actors::admin::LogLevelHook {
     })
 }
 
-fn run_node(config: PathBuf) -> anyhow::Result<()> {
-    let set_log_level = init_logging();
+fn run_node(config: PathBuf, log_format: &str) -> anyhow::Result<()> {
+    let set_log_level = init_logging(log_format == "json");
     // Sockets from `cluster up` or systemd; first, as it edits the environment.
     let inherited = sipmesh::listenfds::Inherited::from_env()?;
     if let Some(ppid) = std::env::var(cluster::PARENT_PID_ENV)
@@ -407,8 +423,8 @@ fn topology_command(command: TopologyCommand) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node {
-            command: NodeCommand::Run { config },
-        } => run_node(config)?,
+            command: NodeCommand::Run { config, log_format },
+        } => run_node(config, &log_format)?,
         Command::Pki { command } => match command {
             PkiCommand::InitCa { dir, name } => {
                 let ca = pki::init_ca(&dir, &name)?;

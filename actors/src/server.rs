@@ -237,7 +237,7 @@ pub async fn run(
     tracing::info!(
         fqdn = %shared.fqdn,
         mesh = %mesh_addr,
-        client = ?client_addr,
+        client = client_addr.map(|a| a.to_string()).unwrap_or_default(),
         debug_socket = %config.debug_socket.display(),
         topology_version = shared.topology.load().version,
         "node running"

@@ -39,6 +39,7 @@ pub struct SingleNodeBuilder {
     fqdn: String,
     members: Vec<(String, SocketAddr)>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     heartbeat_ms: u64,
     backoff_ms: u64,
     handshake_timeout_ms: u64,
@@ -61,6 +62,12 @@ impl SingleNodeBuilder {
     /// Add a member whose mesh address is `mesh_addr`.
     pub fn member_at(mut self, fqdn: &str, mesh_addr: SocketAddr) -> Self {
         self.members.push((fqdn.to_owned(), mesh_addr));
+        self
+    }
+
+    /// Extra arguments of `node run`.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
         self
     }
 
@@ -171,7 +178,7 @@ impl SingleNodeBuilder {
 
         let log = root.join("node.log");
         let mut cmd = Command::new(BIN);
-        cmd.args(["node", "run", "--config"]).arg(&config_path);
+        cmd.args(["node", "run", "--config"]).arg(&config_path).args(&self.args);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -238,6 +245,7 @@ impl SingleNode {
             fqdn: fe(1),
             members: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
             heartbeat_ms: 200,
             backoff_ms: 1_000,
             handshake_timeout_ms: sipmesh_actors::config::DEFAULT_HANDSHAKE_TIMEOUT_MS,

@@ -92,6 +92,18 @@ pub struct Origin {
     pub ingress: String,
 }
 
+/// A message's method for log fields (`response` for a response).
+struct MethodOf<'a>(&'a SipMessage);
+
+impl std::fmt::Display for MethodOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.method() {
+            Some(m) => write!(f, "{m}"),
+            None => f.write_str("response"),
+        }
+    }
+}
+
 /// Per-method counters of final responses, for `status`.
 #[derive(Default, Serialize)]
 pub struct SipCounters {
@@ -327,6 +339,10 @@ impl Proxy {
 
     /// A message from a client connection.
     pub fn from_client(&self, flow: &Arc<Flow>, mut msg: SipMessage) {
+        // Request-scoped fields on every line logged while handling it
+        // (a disabled span costs a callsite check).
+        let _span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or(""), method = %MethodOf(&msg), peer = %flow.remote).entered();
+        tracing::debug!(flow = flow.id, "from a client");
         let source = Source::Flow(flow.id);
         // Claims from outside the trust domain are removed (RFC 3325); inside
         // the mesh the identity travels in `SipMeta`, asserted by this node.
@@ -527,6 +543,9 @@ impl SipSink for Proxy {
                 return;
             }
         };
+        let _span =
+            tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or(""), method = %MethodOf(&msg), peer = %peer)
+                .entered();
         if !msg.is_request() {
             return self.on_response(msg);
         }

@@ -172,6 +172,8 @@ impl Proxy {
     /// A message from a partner edge's connection.
     pub fn from_partner(&self, flow: &Arc<Flow>, mut msg: SipMessage) {
         let Some(domain) = flow.partner.clone() else { return };
+        let _span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or(""), method = %super::MethodOf(&msg), partner = %domain, peer = %flow.remote).entered();
+        tracing::debug!("from a partner");
         self.strip_identity(&mut msg);
         strip_mark(&mut msg);
         if !msg.is_request() {
