@@ -14,6 +14,7 @@
 //!   shared by the bench and the end-to-end tests.
 
 pub mod bench;
+pub mod check;
 pub mod cluster;
 pub mod ctl;
 pub mod listenfds;

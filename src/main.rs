@@ -36,6 +36,23 @@ enum Command {
         #[command(subcommand)]
         command: TopologyCommand,
     },
+    /// Run every check against a node (--socket) or a local cluster (--dir):
+    /// certificates and CRLs, links, topology versions, federation; exits 1
+    /// with each problem and how to fix it.
+    Check {
+        /// One node's debug socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// A cluster directory (every node in its cluster.json).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Warn about certificates expiring within this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Query a node through its debug socket.
     Ctl {
         /// The node's debug socket.
@@ -472,6 +489,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Topology { command } => return topology_command(command),
+        Command::Check {
+            socket,
+            dir,
+            days,
+            json,
+        } => {
+            let targets = sipmesh::check::targets(socket, dir)?;
+            let report = sipmesh::check::run(&targets, days);
+            let text = if json {
+                serde_json::to_string_pretty(&report)?
+            } else {
+                sipmesh::check::render(&report)
+            };
+            let _ = write!(std::io::stdout().lock(), "{text}");
+            if report["ok"] != serde_json::Value::Bool(true) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Ctl {
             socket,
             cmd,
