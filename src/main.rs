@@ -58,7 +58,7 @@ enum Command {
         /// The node's debug socket.
         #[arg(long)]
         socket: PathBuf,
-        /// status | links | members | rejections | topology | registrations | federation | reload | check | log-level | help
+        /// status | links | members | rejections | topology | registrations | federation | watch | reload | check | log-level | help
         cmd: String,
         /// Arguments: `log-level FILTER` (a RUST_LOG filter, e.g. `debug`),
         /// `federation explain DOMAIN`.
@@ -515,6 +515,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             days,
         } => {
+            if cmd == "watch" {
+                ctl::watch(&socket, json, &mut std::io::stdout().lock())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let (cmd, request) = match (cmd.as_str(), args.as_slice()) {
                 ("federation", [explain, domain]) if explain == "explain" => {
                     let mut r = serde_json::json!({"cmd": "federation-explain", "domain": domain});

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod federation;
 pub mod mesh;
 pub mod net;

@@ -128,6 +128,7 @@ pub async fn run(
         Some(l) => l,
         None => admin::bind(&config.debug_socket)?,
     };
+    let events = Arc::new(crate::events::EventBus::default());
     let shared = Arc::new(Shared {
         fqdn: config.fqdn.clone(),
         role: me.role,
@@ -135,7 +136,7 @@ pub async fn run(
         topology,
         tls: ArcSwap::from_pointee(tls),
         links: RwLock::new(BTreeMap::new()),
-        rejections: Default::default(),
+        rejections: crate::trust::RejectionLog::with_events(events.clone()),
         mesh_addr,
         topology_doc: arc_swap::ArcSwapOption::from(initial.document.map(Arc::new)),
         topology_key: initial.key,
@@ -144,6 +145,7 @@ pub async fn run(
         sni_paths: config.sip.certs.clone(),
         mesh_accept: Default::default(),
         client_accept: Default::default(),
+        events,
         resolver: match crate::net::dns::Resolver::new(config.mesh.dns) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {
@@ -160,16 +162,24 @@ pub async fn run(
             let listener = bind_tcp(listeners.federation, listen, "federation").await?;
             let bound = listener.local_addr().unwrap_or(listen);
             let fqdn = me.federation_fqdn.as_ref().map_or(config.fqdn.as_str(), |f| f.as_str());
-            let (fed, rx) = Federation::edge(shared.topology.clone(), fc, bound, fqdn)?;
+            let (fed, rx) = Federation::edge(shared.topology.clone(), fc, bound, fqdn, shared.events.clone())?;
             (fed, Some(listener), Some(rx))
         }
         (Some(_), None) => {
             tracing::warn!(
                 "[federation] is configured but this member has no federation_addr in the topology; not federating"
             );
-            (Federation::inert(shared.topology.clone()), None, None)
+            (
+                Federation::inert(shared.topology.clone(), shared.events.clone()),
+                None,
+                None,
+            )
         }
-        (None, _) => (Federation::inert(shared.topology.clone()), None, None),
+        (None, _) => (
+            Federation::inert(shared.topology.clone(), shared.events.clone()),
+            None,
+            None,
+        ),
     };
     let proxy = Arc::new(
         Proxy::new(

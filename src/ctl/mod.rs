@@ -82,6 +82,57 @@ pub fn request(socket: &Path, request: &Value) -> Result<Value, CtlError> {
     }
 }
 
+/// Longest event line read from `watch` (DoS bound, like [`MAX_ANSWER`]).
+pub const MAX_EVENT_LINE: usize = 64 * 1024;
+
+/// `watch`: print events as they come (one line each: JSON with `json`,
+/// `AT KIND key=value ...` otherwise) until the node goes or `out` fails.
+pub fn watch(socket: &Path, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
+    let path = socket.display().to_string();
+    let mut stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
+        path: path.clone(),
+        cause,
+    })?;
+    let proto = |message: String| CtlError::Protocol {
+        path: path.clone(),
+        message,
+    };
+    stream
+        .write_all(b"{\"cmd\":\"watch\"}\n")
+        .map_err(|e| proto(e.to_string()))?;
+    let mut reader = BufReader::new(stream);
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        let n = std::io::Read::take(&mut reader, MAX_EVENT_LINE as u64)
+            .read_line(&mut line)
+            .map_err(|e| proto(e.to_string()))?;
+        if n == 0 {
+            return Ok(()); // the node went away
+        }
+        let v: Value = serde_json::from_str(&line).map_err(|e| proto(format!("bad event line: {e}")))?;
+        if v["ok"] != Value::Bool(true) {
+            return Err(CtlError::Node(
+                v["error"].as_str().unwrap_or("unknown error").to_owned(),
+            ));
+        }
+        if first {
+            first = false;
+            continue; // {"result":"watching"}
+        }
+        let text = if json {
+            let mut e = v["event"].clone();
+            e["dropped"] = v["dropped"].clone();
+            e.to_string()
+        } else {
+            render::event(&v["event"], v["dropped"].as_u64().unwrap_or(0))
+        };
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
 /// Send a bare command.
 pub fn command(socket: &Path, cmd: &str) -> Result<Value, CtlError> {
     request(socket, &json!({ "cmd": cmd }))

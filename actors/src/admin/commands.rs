@@ -28,6 +28,7 @@ pub const COMMANDS: &[&str] = &[
     "registrations",
     "federation",
     "federation-explain",
+    "watch",
     "publish",
     "reload",
     "check",
@@ -70,6 +71,8 @@ pub enum Command {
     },
     /// `federation`: partners, their connections and refusals.
     Federation,
+    /// `watch`: a live stream of events on this connection (see `socket.rs`).
+    Watch,
     /// `federation-explain`: what happens to requests to or from a domain.
     FederationExplain {
         /// The foreign domain.
@@ -144,6 +147,7 @@ impl Command {
             },
             "registrations" => Command::Registrations,
             "federation" => Command::Federation,
+            "watch" => Command::Watch,
             "federation-explain" => Command::FederationExplain {
                 domain: string_arg(&request, "domain", "federation-explain: missing \"domain\"")?,
                 from: request.get("from").and_then(Value::as_str).map(str::to_owned),
@@ -223,6 +227,8 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
         }
         Command::Rejections => serde_json::to_value(shared.rejections.recent()).map_err(|e| e.to_string()),
         Command::Federation => Ok(node.proxy.federation().status()),
+        // The socket streams `watch` itself; it never reaches here.
+        Command::Watch => Err("watch: streams events on its own connection".into()),
         Command::FederationExplain { domain, from } => {
             let fed = node.proxy.federation();
             let mut verdict = fed.explain(&domain, from.as_deref(), node.proxy.domain(), shared);

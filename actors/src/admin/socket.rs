@@ -84,12 +84,51 @@ async fn client(stream: UnixStream, node: NodeHandle) {
         if line.trim().is_empty() {
             continue;
         }
+        if matches!(
+            super::commands::Command::parse(&line, node.faults),
+            Ok(super::commands::Command::Watch)
+        ) {
+            return watch(lines, &node).await;
+        }
         let answer = match answer(&line, &node).await {
             Ok(result) => json!({"ok": true, "result": result}),
             Err(error) => json!({"ok": false, "error": error}),
         };
         if lines.send(answer.to_string()).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Stream events to this client until it goes: a first line
+/// `{"ok":true,"result":"watching"}`, then one `{"ok":true,"event":{...},"dropped":N}`
+/// per event (`dropped`: events this watcher lost to a full queue so far).
+async fn watch(mut lines: Framed<UnixStream, LinesCodec>, node: &NodeHandle) {
+    let Some(mut sub) = node.shared.events.subscribe() else {
+        let _ = lines
+            .send(json!({"ok": false, "error": "too many watchers"}).to_string())
+            .await;
+        return;
+    };
+    if lines
+        .send(json!({"ok": true, "result": "watching"}).to_string())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = sub.rx.recv() => {
+                let Some(event) = event else { return };
+                let dropped = sub.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                let line = json!({"ok": true, "event": event, "dropped": dropped}).to_string();
+                if lines.send(line).await.is_err() {
+                    return;
+                }
+            }
+            // Anything from the client, or its going, ends the watch.
+            _ = lines.next() => return,
         }
     }
 }

@@ -245,12 +245,14 @@ pub struct Federation {
     logged: Mutex<BTreeMap<&'static str, Instant>>,
     /// Finds partner edges (on an edge).
     resolver: Option<crate::net::dns::Resolver>,
+    /// Where refusals are announced (`ctl watch`).
+    events: Arc<crate::events::EventBus>,
 }
 
 impl Federation {
     /// A node that is no federation edge: it knows the policy (to route
     /// towards the edge) but dials nobody.
-    pub fn inert(topology: Arc<ArcSwap<Topology>>) -> Federation {
+    pub fn inert(topology: Arc<ArcSwap<Topology>>, events: Arc<crate::events::EventBus>) -> Federation {
         Federation {
             partners: LivePartners::new(topology.clone()),
             topology,
@@ -262,6 +264,7 @@ impl Federation {
             accept: Arc::default(),
             logged: Mutex::default(),
             resolver: None,
+            events,
         }
     }
 
@@ -271,6 +274,7 @@ impl Federation {
         config: &FederationConfig,
         addr: SocketAddr,
         fqdn: &str,
+        events: Arc<crate::events::EventBus>,
     ) -> Result<(Federation, mpsc::Receiver<Dial>), TlsError> {
         let chain = crate::trust::material::load_chain(&config.cert)?;
         let key = crate::trust::material::load_private_key(&config.key)?;
@@ -307,6 +311,7 @@ impl Federation {
                 accept: Arc::default(),
                 logged: Mutex::default(),
                 resolver: Some(resolver),
+                events,
             },
             dial_rx,
         ))
@@ -358,6 +363,10 @@ impl Federation {
                 "federation refusal"
             );
         }
+        self.events.publish(
+            "federation",
+            || serde_json::json!({"partner": domain, "reason": reason, "detail": detail, "total": total}),
+        );
     }
 
     /// A request came in from `domain`: counted, and judged against its rate.
@@ -906,7 +915,7 @@ mod tests {
             members: Vec::new(),
             federation: Default::default(),
         }));
-        let fed = Federation::inert(topology.clone());
+        let fed = Federation::inert(topology.clone(), Arc::default());
         let entries = vec![
             "<sip:127.0.0.1:5001;lr>".to_owned(),
             "<sip:10.0.0.1:5061;transport=tls;lr;ob=x>".to_owned(),
@@ -918,7 +927,11 @@ mod tests {
         let last = altered.len() - 1;
         altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(fed.unseal(std::str::from_utf8(&altered).unwrap()), None);
-        assert_eq!(Federation::inert(topology).unseal(&token), None, "another run's key");
+        assert_eq!(
+            Federation::inert(topology, Arc::default()).unseal(&token),
+            None,
+            "another run's key"
+        );
         assert_eq!(fed.unseal(&"A".repeat(MAX_SEALED + 1)), None);
     }
 }

@@ -213,6 +213,9 @@ impl Handler<Offer> for Membership {
         self.shared.topology.store(new.clone());
         self.shared.topology_doc.store(Some(Arc::new(signed.document)));
         tracing::info!(from = %msg.from, old = current.version, new = new.version, "topology applied");
+        self.shared.events.publish("topology", || {
+            serde_json::json!({"applied": true, "from": msg.from.to_string(), "old": current.version, "version": new.version})
+        });
         Ok(Offered::Applied { old: current, new })
     }
 }

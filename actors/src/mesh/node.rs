@@ -50,7 +50,13 @@ impl NodeActor {
             let mut links = self.shared.links.write().unwrap_or_else(|p| p.into_inner());
             links
                 .entry(member.fqdn.clone())
-                .or_insert_with(|| Arc::new(LinkStatus::new(member.fqdn.clone(), self.shared.fqdn < member.fqdn)))
+                .or_insert_with(|| {
+                    Arc::new(LinkStatus::new(
+                        member.fqdn.clone(),
+                        self.shared.fqdn < member.fqdn,
+                        self.shared.events.clone(),
+                    ))
+                })
                 .clone()
         };
         let (shared, timing, m) = (self.shared.clone(), self.timing, member.clone());
@@ -251,10 +257,16 @@ impl Handler<Reload> for NodeActor {
 
     fn handle(&mut self, _msg: Reload, _ctx: &mut Context<Self>) -> Self::Result {
         // Build everything first: a bad file leaves the running material untouched.
+        let failed = |e: String| {
+            self.shared
+                .events
+                .publish("reload", || serde_json::json!({"ok": false, "error": e}));
+            e
+        };
         let material = TlsMaterial::load(&self.shared.tls_paths, self.shared.fqdn.as_str())
             .and_then(|m| m.with_sni(&self.shared.sni_paths))
-            .map_err(|e| e.to_string())?;
-        let configs = TlsConfigs::build(&material, self.shared.topology.clone()).map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
+        let configs = TlsConfigs::build(&material, self.shared.topology.clone()).map_err(|e| failed(e.to_string()))?;
         let report = ReloadReport {
             cert_serial: configs.own.serial.clone(),
             cert_not_after: crate::rfc3339(configs.own.not_after),
@@ -266,6 +278,9 @@ impl Handler<Reload> for NodeActor {
             let _ = addr.try_send(link::Recheck);
         }
         tracing::info!(serial = %report.cert_serial, crls = report.crls, "tls material reloaded");
+        self.shared.events.publish("reload", || {
+            serde_json::json!({"ok": true, "cert_serial": report.cert_serial, "cert_not_after": report.cert_not_after, "crls": report.crls})
+        });
         Ok(report)
     }
 }

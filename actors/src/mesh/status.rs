@@ -99,6 +99,8 @@ pub struct LinkStatus {
     pub sender: Mutex<Option<tokio::sync::mpsc::Sender<Frame>>>,
     /// Every heartbeat RTT measured on this link (`sipmesh_link_rtt_seconds`).
     pub rtt_histogram: prometheus_client::metrics::histogram::Histogram,
+    /// Where state changes are announced.
+    events: Arc<crate::events::EventBus>,
 }
 
 /// Why a frame could not be queued on a link.
@@ -112,7 +114,7 @@ pub enum SendError {
 
 impl LinkStatus {
     /// A fresh status, `connecting`.
-    pub fn new(peer: Fqdn, dialer: bool) -> LinkStatus {
+    pub fn new(peer: Fqdn, dialer: bool, events: Arc<crate::events::EventBus>) -> LinkStatus {
         LinkStatus {
             peer,
             dialer,
@@ -138,6 +140,7 @@ impl LinkStatus {
             bytes_out: AtomicU64::new(0),
             sender: Mutex::new(None),
             rtt_histogram: prometheus_client::metrics::histogram::Histogram::new(RTT_BUCKETS.iter().copied()),
+            events,
         }
     }
 
@@ -158,12 +161,19 @@ impl LinkStatus {
 
     /// Change state, stamping `since` only on a real change.
     pub fn set_state(&self, state: LinkState) {
-        self.update(|i| {
-            if i.state != state {
+        let changed = self.update(|i| {
+            let old = i.state;
+            if old != state {
                 i.state = state;
                 i.since = OffsetDateTime::now_utc();
             }
+            (old != state).then(|| (old, i.last_error.clone()))
         });
+        if let Some((old, last_error)) = changed {
+            self.events.publish("link", || {
+                serde_json::json!({"peer": self.peer.as_str(), "from": old, "state": state, "last_error": last_error})
+            });
+        }
     }
 
     /// Current state.
@@ -295,6 +305,8 @@ pub struct Shared {
     /// Resolves members whose `mesh_addr` is a DNS name (`[mesh] dns`, or
     /// the system's resolvers); `None` when none could be built.
     pub resolver: Option<Arc<crate::net::dns::Resolver>>,
+    /// What `ctl watch` shows (link states, rejections, topology, ...).
+    pub events: Arc<crate::events::EventBus>,
 }
 
 impl Shared {
@@ -311,6 +323,10 @@ impl Shared {
     /// Record a refused topology document.
     pub fn refuse_topology(&self, from: &str, reason: &'static str, detail: String) {
         tracing::warn!(from, reason, detail = %detail, "topology refused");
+        self.events.publish(
+            "topology",
+            || serde_json::json!({"applied": false, "from": from, "reason": reason, "detail": detail}),
+        );
         let mut log = self.topology_refusals.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == MAX_TOPOLOGY_REFUSALS {
             log.pop_front();

@@ -514,6 +514,10 @@ impl Proxy {
                 let identity = identity.unwrap_or_default();
                 match self.registrar.register(msg, identity, &flow_node, flow_id) {
                     Ok(contacts) => {
+                        self.shared.events.publish("registration", || {
+                            let expires: Vec<String> = contacts.iter().map(|c| c.value_str().to_owned()).collect();
+                            serde_json::json!({"aor": identity, "flow_node": flow_node, "contacts": expires})
+                        });
                         self.respond(source, msg, 200, "OK", contacts);
                         self.finish_server_txn(msg, 200, source);
                     }

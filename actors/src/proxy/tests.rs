@@ -97,9 +97,13 @@ fn node(config: SipConfig) -> Node {
         mesh_accept: Default::default(),
         client_accept: Default::default(),
         resolver: None,
+        events: Default::default(),
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
-    let federation = Arc::new(crate::federation::Federation::inert(shared.topology.clone()));
+    let federation = Arc::new(crate::federation::Federation::inert(
+        shared.topology.clone(),
+        shared.events.clone(),
+    ));
     let proxy = Arc::new(Proxy::new(shared, config, store, Some(client_addr), federation).unwrap());
     let timers = tokio::spawn(txn::drive_timers(Arc::downgrade(&proxy)));
     Node {

@@ -157,6 +157,7 @@ pub struct RejectionRecord {
 #[derive(Default)]
 pub struct RejectionLog {
     inner: Mutex<LogInner>,
+    events: std::sync::Arc<crate::events::EventBus>,
 }
 
 #[derive(Default)]
@@ -167,11 +168,28 @@ struct LogInner {
 }
 
 impl RejectionLog {
+    /// A log that also announces each refusal on `events`.
+    pub fn with_events(events: std::sync::Arc<crate::events::EventBus>) -> RejectionLog {
+        RejectionLog {
+            inner: Mutex::default(),
+            events,
+        }
+    }
+
     /// Record one refusal; log it unless one of the same reason was logged
     /// less than [`crate::net::accept::REFUSAL_LOG_INTERVAL`] ago (a
     /// stranger must not flood the log; the totals count every one).
     pub fn record(&self, remote: SocketAddr, direction: Direction, rejection: &Rejection) {
         let direction = direction.as_str();
+        self.events.publish("rejection", || {
+            serde_json::json!({
+                "remote_addr": remote.to_string(),
+                "direction": direction,
+                "reason": rejection.reason,
+                "presented_name": rejection.presented_name,
+                "detail": rejection.detail,
+            })
+        });
         let due = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
