@@ -222,6 +222,28 @@ pub fn render(cmd: &str, result: &Value) -> String {
     }
 }
 
+/// One `watch` event for people: `AT KIND key=value ...` (and the count of
+/// events this watcher dropped, when any).
+pub fn event(e: &Value, dropped: u64) -> String {
+    let mut out = format!("{} {:<12}", text(&e["at"]), text(&e["kind"]));
+    if let Some(fields) = e.as_object() {
+        for (k, v) in fields.iter().filter(|(k, _)| *k != "at" && *k != "kind") {
+            if v.is_null() {
+                continue;
+            }
+            let shown = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out += &format!(" {k}={shown}");
+        }
+    }
+    if dropped > 0 {
+        out += &format!(" ({dropped} dropped)");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -246,26 +268,4 @@ mod tests {
             assert!(out.contains(want), "missing {want} in\n{out}");
         }
     }
-}
-
-/// One `watch` event for people: `AT KIND key=value ...` (and the count of
-/// events this watcher dropped, when any).
-pub fn event(e: &Value, dropped: u64) -> String {
-    let mut out = format!("{} {:<12}", text(&e["at"]), text(&e["kind"]));
-    if let Some(fields) = e.as_object() {
-        for (k, v) in fields.iter().filter(|(k, _)| *k != "at" && *k != "kind") {
-            if v.is_null() {
-                continue;
-            }
-            let shown = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            out += &format!(" {k}={shown}");
-        }
-    }
-    if dropped > 0 {
-        out += &format!(" ({dropped} dropped)");
-    }
-    out
 }
