@@ -146,6 +146,7 @@ pub async fn run(
         mesh_accept: Default::default(),
         client_accept: Default::default(),
         events,
+        links_queries: Default::default(),
         resolver: match crate::net::dns::Resolver::new(config.mesh.dns) {
             Ok(r) => Some(Arc::new(r)),
             Err(e) => {

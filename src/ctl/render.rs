@@ -76,6 +76,58 @@ pub fn render(cmd: &str, result: &Value) -> String {
             }
             t.to_string()
         }
+        "mesh" => {
+            let members: Vec<String> = result["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str().map(str::to_owned))
+                .collect();
+            let mut header = vec!["VIEW FROM \\ PEER".to_owned()];
+            header.extend(members.iter().cloned());
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            let mut t = table(&header);
+            for a in &members {
+                let view = &result["views"][a];
+                let mut row = vec![a.clone()];
+                for b in &members {
+                    let cell = if a == b {
+                        "-".to_owned()
+                    } else if view["reachable"] != Value::Bool(true) {
+                        "?".to_owned()
+                    } else {
+                        let l = &view["links"][b];
+                        match (l["state"].as_str(), l["rtt_ms"].as_f64()) {
+                            (Some(s), Some(rtt)) => format!("{s} {rtt:.1}ms"),
+                            (Some(s), None) => s.to_owned(),
+                            _ => "none".to_owned(),
+                        }
+                    };
+                    row.push(cell);
+                }
+                t.add_row(row);
+            }
+            let mut out = t.to_string();
+            for u in result["unreachable"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "\nunreachable: {} ({})",
+                    text(u),
+                    text(&result["views"][u.as_str().unwrap_or("")]["error"])
+                );
+            }
+            for x in result["asymmetric"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "\nasymmetric: {} sees {} {}, {} sees {} {}",
+                    text(&x["a"]),
+                    text(&x["b"]),
+                    text(&x["a_sees"]),
+                    text(&x["b"]),
+                    text(&x["a"]),
+                    text(&x["b_sees"])
+                );
+            }
+            out
+        }
         "federation-explain" => {
             let mut out = String::new();
             for key in [

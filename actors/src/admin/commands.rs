@@ -29,6 +29,7 @@ pub const COMMANDS: &[&str] = &[
     "federation",
     "federation-explain",
     "watch",
+    "mesh",
     "publish",
     "reload",
     "check",
@@ -73,6 +74,8 @@ pub enum Command {
     Federation,
     /// `watch`: a live stream of events on this connection (see `socket.rs`).
     Watch,
+    /// `mesh`: every member's view of every link, gathered over the mesh.
+    Mesh,
     /// `federation-explain`: what happens to requests to or from a domain.
     FederationExplain {
         /// The foreign domain.
@@ -148,6 +151,7 @@ impl Command {
             "registrations" => Command::Registrations,
             "federation" => Command::Federation,
             "watch" => Command::Watch,
+            "mesh" => Command::Mesh,
             "federation-explain" => Command::FederationExplain {
                 domain: string_arg(&request, "domain", "federation-explain: missing \"domain\"")?,
                 from: request.get("from").and_then(Value::as_str).map(str::to_owned),
@@ -166,6 +170,71 @@ impl Command {
             other => return Err(format!("unknown command {other:?} (commands: {})", COMMANDS.join(", "))),
         })
     }
+}
+
+/// How long `mesh` waits for each peer's view.
+pub const MESH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The N×N view: each member's links (ours directly, the others' asked over
+/// their link to us, all at once), members we could not ask, and the pairs
+/// whose two ends disagree.
+async fn mesh_view(shared: &std::sync::Arc<crate::mesh::status::Shared>) -> Value {
+    let me = shared.fqdn.to_string();
+    let members: Vec<String> = shared
+        .topology
+        .load()
+        .members
+        .iter()
+        .map(|m| m.fqdn.to_string())
+        .collect();
+    let asks = members.iter().filter(|m| **m != me).map(|m| async move {
+        let rows = shared.query_links(m, MESH_QUERY_TIMEOUT).await;
+        (m.clone(), rows)
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let states = |rows: &Value| -> serde_json::Map<String, Value> {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some((
+                    r["peer"].as_str()?.to_owned(),
+                    json!({"state": r["state"], "rtt_ms": r["rtt_ms"], "since": r["since"]}),
+                ))
+            })
+            .collect()
+    };
+    let mut views = serde_json::Map::new();
+    let mine = serde_json::to_value(shared.link_rows()).unwrap_or_default();
+    views.insert(me.clone(), json!({"reachable": true, "links": states(&mine)}));
+    let mut unreachable = Vec::new();
+    for (m, rows) in answers {
+        match rows
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(rows) => {
+                views.insert(m, json!({"reachable": true, "links": states(&rows)}));
+            }
+            Err(e) => {
+                views.insert(m.clone(), json!({"reachable": false, "error": e}));
+                unreachable.push(m);
+            }
+        }
+    }
+    // A pair is asymmetric when both ends answered and see it differently.
+    let mut asymmetric = Vec::new();
+    for (i, a) in members.iter().enumerate() {
+        for b in &members[i + 1..] {
+            let seen = |x: &str, y: &str| views.get(x).and_then(|v| v["links"].get(y)).map(|l| l["state"].clone());
+            if let (Some(ab), Some(ba)) = (seen(a, b), seen(b, a)) {
+                if ab != ba {
+                    asymmetric.push(json!({"a": a, "b": b, "a_sees": ab, "b_sees": ba}));
+                }
+            }
+        }
+    }
+    json!({"from": me, "members": members, "views": views, "unreachable": unreachable, "asymmetric": asymmetric})
 }
 
 /// Answer one request line.
@@ -227,6 +296,7 @@ async fn execute(command: Command, node: &NodeHandle) -> Result<Value, String> {
         }
         Command::Rejections => serde_json::to_value(shared.rejections.recent()).map_err(|e| e.to_string()),
         Command::Federation => Ok(node.proxy.federation().status()),
+        Command::Mesh => Ok(mesh_view(shared).await),
         // The socket streams `watch` itself; it never reaches here.
         Command::Watch => Err("watch: streams events on its own connection".into()),
         Command::FederationExplain { domain, from } => {

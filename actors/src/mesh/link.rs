@@ -507,6 +507,11 @@ impl StreamHandler<Result<Frame, FrameError>> for PeerLink {
             Frame::Hello(_) => self.end_session(ctx, "peer sent a second hello".to_owned()),
             Frame::Topology { document } => self.offer_topology(ctx, document),
             Frame::Sip { message, meta } => self.sip.relayed(&self.peer.fqdn, message, meta),
+            Frame::LinksQuery { id } => {
+                let rows = serde_json::to_string(&self.shared.link_rows()).unwrap_or_default();
+                self.send(ctx, Frame::LinksReply { id, rows })
+            }
+            Frame::LinksReply { id, rows } => self.shared.answer_links_query(id, rows),
         }
     }
 

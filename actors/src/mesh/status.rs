@@ -72,6 +72,9 @@ pub struct LinkInfo {
     pub peer_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+/// `ctl mesh` queries in flight at once (DoS bound on the waiting table).
+pub const MAX_LINKS_QUERIES: usize = 256;
+
 /// Buckets of the heartbeat RTT histogram, seconds (loopback to WAN).
 pub const RTT_BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
@@ -307,6 +310,8 @@ pub struct Shared {
     pub resolver: Option<Arc<crate::net::dns::Resolver>>,
     /// What `ctl watch` shows (link states, rejections, topology, ...).
     pub events: Arc<crate::events::EventBus>,
+    /// `ctl mesh` queries waiting for a peer's answer, by id.
+    pub links_queries: Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<String>>>,
 }
 
 impl Shared {
@@ -318,6 +323,40 @@ impl Shared {
             .values()
             .map(|l| l.snapshot())
             .collect()
+    }
+
+    /// Ask `peer` for its links; its rows as JSON text, or why not.
+    pub async fn query_links(&self, peer: &str, timeout: std::time::Duration) -> Result<String, String> {
+        let link = self.link(peer).ok_or("no link")?;
+        if link.state() != LinkState::Up {
+            return Err("link not up".into());
+        }
+        let id: u64 = rand::random();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = self.links_queries.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= MAX_LINKS_QUERIES {
+                return Err("too many queries in flight".into());
+            }
+            q.insert(id, tx);
+        }
+        let sent = link.send_frame(Frame::LinksQuery { id });
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(timeout, rx)
+                .await
+                .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))
+                .and_then(|r| r.map_err(|_| "link closed".to_owned())),
+            Err(e) => Err(format!("cannot send: {e:?}")),
+        };
+        self.links_queries.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        answer
+    }
+
+    /// A peer answered a links query (unknown ids, e.g. late answers, are dropped).
+    pub fn answer_links_query(&self, id: u64, rows: String) {
+        if let Some(tx) = self.links_queries.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+            let _ = tx.send(rows);
+        }
     }
 
     /// Record a refused topology document.

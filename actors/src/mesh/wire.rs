@@ -50,6 +50,18 @@ pub enum Frame {
         /// The signed document text.
         document: String,
     },
+    /// `ctl mesh`: asks the peer for its view of its links.
+    LinksQuery {
+        /// Echoed in the answer.
+        id: u64,
+    },
+    /// The answer: the peer's `links` rows, as JSON.
+    LinksReply {
+        /// The query answered.
+        id: u64,
+        /// `ctl links` of the peer, JSON (bounded by the frame size).
+        rows: String,
+    },
     /// A SIP message relayed between nodes.
     Sip {
         /// The message bytes, exactly as they will be parsed by the receiver.
@@ -239,6 +251,8 @@ impl Frame {
             Frame::Goaway { .. } => "goaway",
             Frame::Topology { .. } => "topology",
             Frame::Sip { .. } => "sip",
+            Frame::LinksQuery { .. } => "links-query",
+            Frame::LinksReply { .. } => "links-reply",
         }
     }
 }

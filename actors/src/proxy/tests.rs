@@ -98,6 +98,7 @@ fn node(config: SipConfig) -> Node {
         client_accept: Default::default(),
         resolver: None,
         events: Default::default(),
+        links_queries: Default::default(),
     });
     let store = Arc::new(Store::open(&dir.path().join("store.redb")).unwrap());
     let federation = Arc::new(crate::federation::Federation::inert(
