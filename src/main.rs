@@ -96,6 +96,10 @@ enum NodeCommand {
         /// with the span fields of the request it concerns).
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Honour SSLKEYLOGFILE (TLS secrets for Wireshark) when `tls.keylog`
+        /// is not set; without this flag the variable is ignored.
+        #[arg(long)]
+        allow_keylog: bool,
     },
 }
 
@@ -265,6 +269,10 @@ enum ClusterCommand {
         /// a DNS name (default: the system's resolvers).
         #[arg(long)]
         mesh_dns: Option<std::net::SocketAddr>,
+        /// Write each node's TLS secrets to NODE_DIR/tls-keys.log (NSS key log
+        /// format, for Wireshark). Anyone who reads them can decrypt the traffic.
+        #[arg(long)]
+        keylog: bool,
     },
     /// Make two running local clusters (each started with --edge)
     /// allowed-server partners of each other: a new signed topology is
@@ -321,7 +329,7 @@ fn init_logging(json: bool) -> sipmesh_actors::admin::LogLevelHook {
     })
 }
 
-fn run_node(config: PathBuf, log_format: &str) -> anyhow::Result<()> {
+fn run_node(config: PathBuf, log_format: &str, allow_keylog: bool) -> anyhow::Result<()> {
     let set_log_level = init_logging(log_format == "json");
     // Sockets from `cluster up` or systemd; first, as it edits the environment.
     let inherited = sipmesh::listenfds::Inherited::from_env()?;
@@ -335,7 +343,16 @@ fn run_node(config: PathBuf, log_format: &str) -> anyhow::Result<()> {
             anyhow::bail!("the cluster launcher (pid {ppid}) is already gone");
         }
     }
-    let config = NodeConfig::load(&config)?;
+    let mut config = NodeConfig::load(&config)?;
+    if let Some(path) = std::env::var_os("SSLKEYLOGFILE") {
+        if !allow_keylog {
+            tracing::warn!(
+                "SSLKEYLOGFILE is set but ignored: pass --allow-keylog (or set tls.keylog) to write TLS secrets"
+            );
+        } else if config.tls.keylog.is_none() {
+            config.tls.keylog = Some(PathBuf::from(path));
+        }
+    }
     actix_rt::System::new().block_on(async move {
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
@@ -440,8 +457,13 @@ fn topology_command(command: TopologyCommand) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Node {
-            command: NodeCommand::Run { config, log_format },
-        } => run_node(config, &log_format)?,
+            command:
+                NodeCommand::Run {
+                    config,
+                    log_format,
+                    allow_keylog,
+                },
+        } => run_node(config, &log_format, allow_keylog)?,
         Command::Pki { command } => match command {
             PkiCommand::InitCa { dir, name } => {
                 let ca = pki::init_ca(&dir, &name)?;
@@ -591,7 +613,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 edge,
                 federation_dns,
                 mesh_dns,
+                keylog,
             } => cluster::up(cluster::UpOptions {
+                keylog,
                 edge,
                 federation_dns,
                 mesh_dns,

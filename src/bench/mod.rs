@@ -36,5 +36,6 @@ fn cluster_options(nodes: usize) -> UpOptions {
         edge: false,
         federation_dns: None,
         mesh_dns: None,
+        keylog: false,
     }
 }

@@ -113,6 +113,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
                 ca: ca.cert_path.clone(),
                 crls: vec![crl.clone()],
                 crl_expired: Default::default(),
+                keylog: opts.keylog.then(|| node_dir.join("tls-keys.log")),
             },
             mesh: MeshTiming {
                 heartbeat_interval: Duration::from_millis(opts.heartbeat_ms),

@@ -72,6 +72,8 @@ pub struct UpOptions {
     pub federation_dns: Option<std::net::SocketAddr>,
     /// Every node's resolver for members named by DNS (`[mesh] dns`).
     pub mesh_dns: Option<std::net::SocketAddr>,
+    /// Write each node's TLS secrets to `NODE_DIR/tls-keys.log` (for Wireshark).
+    pub keylog: bool,
 }
 
 /// Demo users `cluster up` creates.

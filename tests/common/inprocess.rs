@@ -189,6 +189,7 @@ impl Plan {
                             ca: pki.ca_pem.clone(),
                             crls: vec![crl.clone()],
                             crl_expired: Default::default(),
+                            keylog: None,
                         },
                         mesh: timing,
                         sip: Default::default(),

@@ -158,6 +158,7 @@ impl SingleNodeBuilder {
                 ca: self.pki.ca_pem.clone(),
                 crls: vec![crl.clone()],
                 crl_expired: self.crl_expired,
+                keylog: None,
             },
             mesh: MeshTiming {
                 heartbeat_interval: heartbeat,

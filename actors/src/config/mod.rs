@@ -247,6 +247,9 @@ pub struct TlsPaths {
     pub crls: Vec<PathBuf>,
     /// What to do with a peer whose CRL has expired.
     pub crl_expired: CrlExpired,
+    /// Append TLS session secrets here (NSS key log format, for Wireshark).
+    /// Off by default; anyone who can read the file can decrypt the traffic.
+    pub keylog: Option<PathBuf>,
 }
 
 /// Link timers and limits.

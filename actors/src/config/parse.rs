@@ -94,6 +94,7 @@ struct RawTls {
     #[serde(default)]
     crls: Vec<PathBuf>,
     crl_expired: Option<String>,
+    keylog: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +299,7 @@ impl NodeConfig {
                 key: abs(raw.tls.key),
                 ca: abs(raw.tls.ca),
                 crls: raw.tls.crls.into_iter().map(abs).collect(),
+                keylog: raw.tls.keylog.map(abs),
                 crl_expired: match raw.tls.crl_expired.as_deref() {
                     None => CrlExpired::default(),
                     Some(v) => CrlExpired::parse(v).ok_or_else(|| {

@@ -36,6 +36,9 @@ impl NodeConfig {
         let crls: Vec<String> = self.tls.crls.iter().map(|p| q(p)).collect();
         s += &format!("crls = [{}]\n", crls.join(", "));
         s += &format!("crl_expired = \"{}\"\n", self.tls.crl_expired.as_str());
+        if let Some(k) = &self.tls.keylog {
+            s += &format!("keylog = {}\n", q(k));
+        }
         let m = &self.mesh;
         s += "\n[mesh]\n";
         s += &format!(

@@ -42,6 +42,7 @@ fn tls_files(dir: &std::path::Path) -> TlsPaths {
         ca: dir.join("ca.pem"),
         crls: vec![],
         crl_expired: Default::default(),
+        keylog: None,
     };
     std::fs::write(&paths.cert, cert.pem()).unwrap();
     std::fs::write(&paths.key, key.serialize_pem()).unwrap();

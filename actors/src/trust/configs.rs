@@ -117,6 +117,11 @@ impl TlsConfigs {
         // request and would take a TLS 1.3 ticket for the answer.
         client_port.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         client_port.send_tls13_tickets = 0;
+        if let Some(k) = &material.keylog {
+            server.key_log = k.clone();
+            client.key_log = k.clone();
+            client_port.key_log = k.clone();
+        }
         debug_assert!(!client_port.ticketer.enabled());
         Ok(TlsConfigs {
             client_port: Arc::new(client_port),

@@ -2,7 +2,7 @@
 //! anchors, CRLs and the client port's extra (SNI) certificates, loaded and
 //! checked together; facts read from certificates ([`CertInfo`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -158,6 +158,61 @@ pub struct TlsMaterial {
     pub own: CertInfo,
     /// Extra certificates for the SIP client port, chosen by SNI (pool names).
     pub sni: Vec<Arc<rustls::sign::CertifiedKey>>,
+    /// Where session secrets go (`tls.keylog`), when enabled.
+    pub keylog: Option<Arc<dyn rustls::KeyLog>>,
+}
+
+/// Session secrets appended to a file in the NSS key log format Wireshark
+/// reads (`LABEL CLIENT_RANDOM SECRET`, hex), created 0600.
+pub struct KeyLogPath {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl std::fmt::Debug for KeyLogPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyLogPath({})", self.path.display())
+    }
+}
+
+impl KeyLogPath {
+    /// Open (append) or create `path`.
+    pub fn open(path: &Path) -> Result<KeyLogPath, TlsError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| TlsError::File {
+                path: path.display().to_string(),
+                message: format!("tls.keylog: {e}"),
+            })?;
+        Ok(KeyLogPath {
+            path: path.to_owned(),
+            file: std::sync::Mutex::new(file),
+        })
+    }
+}
+
+impl rustls::KeyLog for KeyLogPath {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let mut line = String::with_capacity(label.len() + 2 * (client_random.len() + secret.len()) + 3);
+        line.push_str(label);
+        line.push(' ');
+        for b in client_random {
+            let _ = write!(line, "{b:02x}");
+        }
+        line.push(' ');
+        for b in secret {
+            let _ = write!(line, "{b:02x}");
+        }
+        line.push('\n');
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 pub(crate) fn certified_key(
@@ -290,6 +345,13 @@ impl TlsMaterial {
             crl_expired: paths.crl_expired,
             own,
             sni: Vec::new(),
+            keylog: match &paths.keylog {
+                Some(p) => {
+                    tracing::warn!(path = %p.display(), "TLS key log enabled (tls.keylog): whoever reads this file can decrypt this node's mesh and client traffic");
+                    Some(Arc::new(KeyLogPath::open(p)?) as Arc<dyn rustls::KeyLog>)
+                }
+                None => None,
+            },
         };
         // Our own certificate must pass the checks our peers will apply,
         // except CRL expiry: a node whose CRL went stale still starts (and
