@@ -133,17 +133,17 @@ async fn tshark_decrypts_client_and_mesh_traffic_with_the_key_logs() {
     let keylog = tmp.path().join("all-keys.log");
     std::fs::write(&keylog, keys).unwrap();
     let streams = decrypted_streams(&pcap, &keylog);
-    let with_message: Vec<&Vec<u8>> = streams
-        .iter()
-        .filter(|s| contains(s, b"MESSAGE sip:bob@"))
-        .collect();
+    let with_message: Vec<&Vec<u8>> = streams.iter().filter(|s| contains(s, b"MESSAGE sip:bob@")).collect();
     // The client port (alice -> fe1), the mesh (fe1 -> fe2) and the client
     // port again (fe2 -> bob): three decrypted streams carry the MESSAGE.
     let sizes: Vec<(usize, bool)> = streams
         .iter()
         .map(|s| (s.len(), contains(s, b"MESSAGE sip:bob@")))
         .collect();
-    assert!(with_message.len() >= 3, "streams (decrypted bytes, has the MESSAGE): {sizes:?}");
+    assert!(
+        with_message.len() >= 3,
+        "streams (decrypted bytes, has the MESSAGE): {sizes:?}"
+    );
     assert!(with_message.iter().all(|s| contains(s, body)));
     // Without the key log nothing is readable.
     let empty = tmp.path().join("no-keys.log");
