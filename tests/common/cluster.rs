@@ -45,6 +45,9 @@ pub struct NodeInfo {
     pub pid: i32,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The metrics listener `cluster up` gives every node.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 impl NodeInfo {
