@@ -48,17 +48,22 @@ pub enum CtlError {
     Node(String),
 }
 
-/// Send `request` (a JSON object) and return the `result` value.
-pub fn request(socket: &Path, request: &Value) -> Result<Value, CtlError> {
+/// Connect to `socket`; the stream and a maker of protocol errors naming it.
+fn connect(socket: &Path) -> Result<(UnixStream, impl Fn(String) -> CtlError), CtlError> {
     let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
+    let stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
         path: path.clone(),
         cause,
     })?;
-    let proto = |message: String| CtlError::Protocol {
+    Ok((stream, move |message: String| CtlError::Protocol {
         path: path.clone(),
         message,
-    };
+    }))
+}
+
+/// Send `request` (a JSON object) and return the `result` value.
+pub fn request(socket: &Path, request: &Value) -> Result<Value, CtlError> {
+    let (mut stream, proto) = connect(socket)?;
     stream
         .set_read_timeout(Some(CTL_TIMEOUT))
         .map_err(|e| proto(e.to_string()))?;
@@ -88,15 +93,7 @@ pub const MAX_EVENT_LINE: usize = 64 * 1024;
 /// `watch`: print events as they come (one line each: JSON with `json`,
 /// `AT KIND key=value ...` otherwise) until the node goes or `out` fails.
 pub fn watch(socket: &Path, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let path = socket.display().to_string();
-    let mut stream = UnixStream::connect(socket).map_err(|cause| CtlError::Connect {
-        path: path.clone(),
-        cause,
-    })?;
-    let proto = |message: String| CtlError::Protocol {
-        path: path.clone(),
-        message,
-    };
+    let (mut stream, proto) = connect(socket)?;
     stream
         .write_all(b"{\"cmd\":\"watch\"}\n")
         .map_err(|e| proto(e.to_string()))?;

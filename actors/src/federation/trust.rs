@@ -20,12 +20,12 @@ use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sipmesh_state::{Partner, PartnerMode, Topology};
 
 use crate::config::CrlExpired;
 use crate::sip::SipUri;
-use crate::trust::material::provider;
+use crate::trust::verifier::{delegate_signatures, reject};
 use crate::trust::{rejection_of_tls, ClientCert, RejectReason, Rejection, TrustPolicy};
 
 /// The identities a certificate asserts for SIP (RFC 5922 §7.1), lower case,
@@ -97,14 +97,6 @@ pub fn expected_name(partner: &Partner) -> String {
         .edge
         .as_ref()
         .map_or_else(|| partner.domain.clone(), |e| e.as_str().to_owned())
-}
-
-fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejection {
-        reason,
-        presented_name,
-        detail,
-    }))))
 }
 
 fn presented(der: &[u8]) -> Option<String> {
@@ -236,26 +228,6 @@ impl LivePartners {
     }
 }
 
-fn tls12(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
-}
-
-fn tls13(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
-}
-
-fn schemes() -> Vec<SignatureScheme> {
-    provider().signature_verification_algorithms.supported_schemes()
-}
-
 /// The federation listener's check of a partner's client certificate.
 #[derive(Debug)]
 pub struct FederationClientVerifier {
@@ -289,27 +261,7 @@ impl ClientCertVerifier for FederationClientVerifier {
             .map_err(|r| reject(r.reason, r.presented_name, r.detail))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    delegate_signatures!(provider);
 }
 
 /// The check of one partner's edge when we dial it.
@@ -392,27 +344,7 @@ impl ServerCertVerifier for PartnerServerVerifier {
         }))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    delegate_signatures!(webpki);
 }
 
 #[cfg(test)]

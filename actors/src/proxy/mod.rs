@@ -346,8 +346,7 @@ impl Proxy {
         let source = Source::Flow(flow.id);
         // Claims from outside the trust domain are removed (RFC 3325); inside
         // the mesh the identity travels in `SipMeta`, asserted by this node.
-        self.strip_identity(&mut msg);
-        partner::strip_mark(&mut msg);
+        self.strip_claims(&mut msg);
         if !msg.is_request() {
             self.on_response(msg);
             return;
@@ -406,6 +405,23 @@ impl Proxy {
             // Authenticated, but no transaction of this flow: 481 (RFC 3261 §9.2).
             Method::Cancel => self.on_cancel(msg, source),
             _ => self.route(msg, source, origin, None),
+        }
+    }
+
+    /// At a door (client or partner): remove identity assertions (counted)
+    /// and our federation mark, in one pass over the headers.
+    fn strip_claims(&self, msg: &mut SipMessage) {
+        let mut identity = 0u64;
+        msg.headers.retain(|h| {
+            if is_identity_header(h) {
+                identity += 1;
+                return false;
+            }
+            !partner::is_mark(h)
+        });
+        if identity > 0 {
+            let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            c.identity_headers_removed += identity;
         }
     }
 

@@ -28,8 +28,12 @@ use sipmesh_state::DomainVerdict;
 
 /// Remove our federation mark (only our edge writes it).
 pub(super) fn strip_mark(msg: &mut SipMessage) {
-    msg.headers
-        .retain(|h| !(h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(FEDERATION_MARK.as_bytes())));
+    msg.headers.retain(|h| !is_mark(h));
+}
+
+/// Whether `h` is our federation mark.
+pub(super) fn is_mark(h: &Header) -> bool {
+    h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(FEDERATION_MARK.as_bytes())
 }
 
 /// The entries of the Record-Route headers, in order, as written.
@@ -174,8 +178,7 @@ impl Proxy {
         let Some(domain) = flow.partner.clone() else { return };
         let _span = tracing::debug_span!("sip", call_id = msg.call_id().unwrap_or(""), method = %super::MethodOf(&msg), partner = %domain, peer = %flow.remote).entered();
         tracing::debug!("from a partner");
-        self.strip_identity(&mut msg);
-        strip_mark(&mut msg);
+        self.strip_claims(&mut msg);
         if !msg.is_request() {
             self.restore_from_partner(&mut msg);
             return self.on_response(msg);

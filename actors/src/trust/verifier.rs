@@ -25,6 +25,35 @@ use crate::config::CrlExpired;
 /// The handshake signature checks of a verifier here: those of its webpki
 /// verifier `$inner` (only the certificate checks differ).
 macro_rules! delegate_signatures {
+    // A verifier without a webpki one inside (the federation listener's,
+    // which picks the partner per handshake): the provider's algorithms.
+    (provider) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algs = $crate::trust::material::provider().signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algs = $crate::trust::material::provider().signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            $crate::trust::material::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
     ($inner:ident) => {
         fn verify_tls12_signature(
             &self,
@@ -49,6 +78,7 @@ macro_rules! delegate_signatures {
         }
     };
 }
+pub(crate) use delegate_signatures;
 
 /// Whether a server verifier demands a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,7 +357,8 @@ impl MeshVerifier {
     }
 }
 
-fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) -> rustls::Error {
+/// A rustls certificate error carrying our typed [`Rejection`].
+pub(crate) fn reject(reason: RejectReason, presented_name: Option<String>, detail: String) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejection {
         reason,
         presented_name,
