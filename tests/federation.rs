@@ -7,135 +7,20 @@
 #![allow(dead_code)]
 
 mod common;
+mod federation_org;
 mod sip_ua;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::{debug, poll_until, tail, try_debug, ProcGuard, BIN};
 use serde_json::Value;
 use sip_ua::{hdr, text, Ua};
-use sipmesh::pki::{IssueOptions, Issued};
+use sipmesh::pki::Issued;
 use sipmesh_actors::sip::{HeaderName, SipMessage};
 
-const WAIT: Duration = Duration::from_secs(5);
-const UP: Duration = Duration::from_secs(60);
-
-/// One organisation: `cluster up --nodes 1 --edge --domain DOMAIN`.
-struct Org {
-    domain: String,
-    dir: PathBuf,
-    info: Value,
-    /// The `cluster up` process when this test started it.
-    _launcher: Option<ProcGuard>,
-}
-
-impl Org {
-    fn up(parent: &Path, domain: &str) -> Org {
-        Org::up_with(parent, domain, &[])
-    }
-
-    /// [`Org::up`] with more `cluster up` arguments.
-    fn up_with(parent: &Path, domain: &str, extra: &[&str]) -> Org {
-        let dir = parent.join(domain);
-        let log = parent.join(format!("{domain}-launcher.log"));
-        let mut cmd = Command::new(BIN);
-        cmd.args(["cluster", "up", "--nodes", "1", "--edge", "--domain", domain, "--dir"])
-            .arg(&dir)
-            .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000", "--t1-ms", "50"])
-            .args(extra);
-        let mut launcher = ProcGuard::spawn(domain, cmd, &log);
-        let info = poll_until(UP, Duration::from_millis(50), || {
-            if let Some(status) = launcher.try_wait() {
-                panic!("cluster up {domain} exited ({status}):\n{}", tail(&log, 60));
-            }
-            let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).ok()?).ok()?;
-            (v["nodes"]
-                .as_array()?
-                .iter()
-                .all(|n| n["pid"].as_u64().unwrap_or(0) > 0))
-            .then_some(v)
-        })
-        .unwrap_or_else(|| panic!("no cluster.json for {domain}:\n{}", tail(&log, 60)));
-        let org = Org {
-            domain: domain.to_owned(),
-            dir,
-            info,
-            _launcher: Some(launcher),
-        };
-        poll_until(UP, Duration::from_millis(50), || {
-            org.sockets()
-                .iter()
-                .all(|s| try_debug(s, "status").is_ok_and(|v| v["links_up"] == 1))
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("{domain}: front-end and edge never linked:\n{}", tail(&log, 60)));
-        org
-    }
-
-    fn node(&self, fqdn_prefix: &str) -> &Value {
-        self.info["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["fqdn"].as_str().unwrap().starts_with(fqdn_prefix))
-            .unwrap_or_else(|| panic!("{}: no node {fqdn_prefix}", self.domain))
-    }
-
-    fn sockets(&self) -> Vec<PathBuf> {
-        self.info["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| PathBuf::from(n["debug_socket"].as_str().unwrap()))
-            .collect()
-    }
-
-    fn edge_socket(&self) -> PathBuf {
-        PathBuf::from(self.node("edge1.")["debug_socket"].as_str().unwrap())
-    }
-
-    fn federation_addr(&self) -> std::net::SocketAddr {
-        self.info["edge"]["federation_addr"].as_str().unwrap().parse().unwrap()
-    }
-
-    fn federation_ca(&self) -> PathBuf {
-        PathBuf::from(self.info["edge"]["federation_ca"].as_str().unwrap())
-    }
-
-    fn federation_ca_dir(&self) -> PathBuf {
-        self.federation_ca().parent().unwrap().to_owned()
-    }
-
-    fn password(&self, user: &str) -> String {
-        let aor = format!("sip:{user}@{}", self.domain);
-        self.info["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|u| u["aor"] == aor.as_str())
-            .and_then(|u| u["password"].as_str())
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn registered(&self, user: &str) -> Ua {
-        let fe = self.node("fe1.");
-        let addr = fe["client_addr"].as_str().unwrap().parse().unwrap();
-        let ca = PathBuf::from(self.info["ca"].as_str().unwrap());
-        let mut ua = Ua::connect(addr, &ca, user, &self.password(user))
-            .await
-            .in_domain(&self.domain);
-        let ok = ua.register(600).await;
-        assert_eq!(ok.status(), Some(200), "{user}@{}: {}", self.domain, text(&ok));
-        ua
-    }
-
-    fn federation(&self) -> Value {
-        debug(&self.edge_socket(), "federation")
-    }
-}
+use federation_org::{issue, message, republish, republish_to, Org, UP, WAIT};
 
 /// Both organisations up and federated; every node knows the partner.
 fn federated(parent: &Path) -> (Org, Org) {
@@ -167,18 +52,6 @@ fn federated(parent: &Path) -> (Org, Org) {
         }
     }
     (a, b)
-}
-
-/// A MESSAGE from `from` to `to_aor`; the request `to` received and the final response.
-async fn message(from: &mut Ua, to: &mut Ua, body: &[u8]) -> (SipMessage, SipMessage) {
-    let target = to.aor.clone();
-    let sent = from
-        .request("MESSAGE", &target, &["Content-Type: text/plain".into()], body)
-        .await;
-    let got = to.recv_request_method("MESSAGE", WAIT).await;
-    to.respond(&got, 200, "OK", &[], b"").await;
-    let (_, fin) = from.final_response(&sent, WAIT).await;
-    (got, fin)
 }
 
 fn assert_nothing_internal(msg: &SipMessage, org: &str) {
@@ -288,12 +161,6 @@ async fn partner_ua(org: &Org, cert: &Issued, user: &str, domain: &str) -> Ua {
     Ua::connect_with_cert(org.federation_addr(), &org.federation_ca(), user, cert)
         .await
         .in_domain(domain)
-}
-
-fn issue(ca_dir: &Path, fqdn: &str, out: &Path) -> Issued {
-    let mut o = IssueOptions::new(fqdn);
-    o.ips = vec!["127.0.0.1".parse().unwrap()];
-    sipmesh::pki::issue(ca_dir, &o, out).unwrap()
 }
 
 #[tokio::test]
@@ -509,33 +376,6 @@ async fn invite_dialogs_cross_the_boundary_both_ways_with_internal_routes_sealed
     // hung up); in: the first call's BYE, the second call's INVITE and ACK.
     assert_eq!(rows[0]["requests_out"], 3, "{rows}");
     assert_eq!(rows[0]["requests_in"], 3, "{rows}");
-}
-
-/// Publish `org`'s topology changed by `change` (next version, signed with
-/// its admin key) and wait until every node of `org` runs it.
-fn republish(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology)) {
-    republish_to(org, change, &org.sockets());
-}
-
-/// [`republish`], waiting only for the nodes behind `sockets`.
-fn republish_to(org: &Org, change: impl FnOnce(&mut sipmesh_state::Topology), sockets: &[PathBuf]) {
-    use sipmesh_state::{signed, AdminKey, Topology};
-    let path = PathBuf::from(org.info["topology"].as_str().unwrap());
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let mut t = Topology::from_toml_str(signed::unsigned_content(&doc)).unwrap();
-    t.version += 1;
-    change(&mut t);
-    let key = AdminKey::load(Path::new(org.info["topology_key"].as_str().unwrap())).unwrap();
-    let signed_doc = key.sign(&t.to_toml_string());
-    let request = serde_json::json!({"cmd": "publish", "document": signed_doc}).to_string();
-    let result = debug(&org.sockets()[0], &request);
-    assert_eq!(result["applied"], true, "{result}");
-    for s in sockets {
-        poll_until(UP, Duration::from_millis(50), || {
-            (debug(s, "topology")["version"] == t.version).then_some(())
-        })
-        .unwrap_or_else(|| panic!("v{} never reached {}", t.version, s.display()));
-    }
 }
 
 #[tokio::test]

@@ -10,20 +10,18 @@
 #![allow(dead_code)]
 
 mod common;
+mod federation_org;
 mod sip_ua;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{debug, poll_until, tail, try_debug, ProcGuard, BIN};
-use serde_json::Value;
+use common::{debug, poll_until, tail, ProcGuard};
+use federation_org::{issue, message, republish, Org};
 use sip_ua::{text, Ua};
-use sipmesh::pki::{IssueOptions, Issued};
-use sipmesh_actors::sip::{HeaderName, SipMessage};
+use sipmesh_actors::sip::HeaderName;
 
-const WAIT: Duration = Duration::from_secs(5);
-const UP: Duration = Duration::from_secs(60);
 const KAMAILIO: &str = "/usr/sbin/kamailio";
 const TLS_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so";
 
@@ -46,12 +44,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn issue(ca_dir: &Path, fqdn: &str, out: &Path) -> Issued {
-    let mut o = IssueOptions::new(fqdn);
-    o.ips = vec!["127.0.0.1".parse().unwrap()];
-    sipmesh::pki::issue(ca_dir, &o, out).unwrap()
 }
 
 /// The generated Kamailio configuration: TLS on `port`, registrar for
@@ -129,110 +121,13 @@ request_route {{
     )
 }
 
-struct Org {
-    dir: PathBuf,
-    info: Value,
-    _launcher: ProcGuard,
-}
-
-impl Org {
-    fn node(&self, prefix: &str) -> &Value {
-        self.info["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["fqdn"].as_str().unwrap().starts_with(prefix))
-            .unwrap()
-    }
-
-    fn sockets(&self) -> Vec<PathBuf> {
-        self.info["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| PathBuf::from(n["debug_socket"].as_str().unwrap()))
-            .collect()
-    }
-}
-
-fn contoso(parent: &Path) -> Org {
-    let dir = parent.join("contoso");
-    let log = parent.join("contoso-launcher.log");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "cluster",
-        "up",
-        "--nodes",
-        "1",
-        "--edge",
-        "--domain",
-        "contoso.test",
-        "--dir",
-    ])
-    .arg(&dir)
-    .args(["--heartbeat-ms", "200", "--backoff-cap-ms", "1000", "--t1-ms", "50"]);
-    let mut launcher = ProcGuard::spawn("contoso", cmd, &log);
-    let info = poll_until(UP, Duration::from_millis(50), || {
-        if let Some(status) = launcher.try_wait() {
-            panic!("cluster up exited ({status}):\n{}", tail(&log, 60));
-        }
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).ok()?).ok()?;
-        (v["nodes"]
-            .as_array()?
-            .iter()
-            .all(|n| n["pid"].as_u64().unwrap_or(0) > 0))
-        .then_some(v)
-    })
-    .expect("cluster.json");
-    let org = Org {
-        dir,
-        info,
-        _launcher: launcher,
-    };
-    poll_until(UP, Duration::from_millis(50), || {
-        org.sockets()
-            .iter()
-            .all(|s| try_debug(s, "status").is_ok_and(|v| v["links_up"] == 1))
-            .then_some(())
-    })
-    .expect("contoso linked");
-    org
-}
-
-/// contoso's topology with kamailio.test as an allowed-server partner, published.
-fn add_kamailio_partner(org: &Org, edge_addr: std::net::SocketAddr, ca_pem: String) {
-    use sipmesh_state::{signed, AdminKey, Fqdn, Partner, PartnerMode, Topology};
-    let path = PathBuf::from(org.info["topology"].as_str().unwrap());
-    let doc = std::fs::read_to_string(&path).unwrap();
-    let mut t = Topology::from_toml_str(signed::unsigned_content(&doc)).unwrap();
-    t.version += 1;
-    t.federation.partners.push(Partner {
-        domain: "kamailio.test".into(),
-        mode: PartnerMode::AllowedServer,
-        edge: Some(Fqdn::new("sip.kamailio.test").unwrap()),
-        address: Some(edge_addr.to_string()),
-        ca_pem,
-        crl_pem: None,
-        max_rate: None,
-    });
-    let key = AdminKey::load(Path::new(org.info["topology_key"].as_str().unwrap())).unwrap();
-    let request = serde_json::json!({"cmd": "publish", "document": key.sign(&t.to_toml_string())}).to_string();
-    assert_eq!(debug(&org.sockets()[0], &request)["applied"], true);
-    for s in org.sockets() {
-        poll_until(UP, Duration::from_millis(50), || {
-            (debug(&s, "topology")["version"] == t.version).then_some(())
-        })
-        .expect("topology replicated");
-    }
-}
-
 #[tokio::test]
 async fn kamailio_as_a_partner_edge_messages_both_ways() {
     if !kamailio_present() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let org = contoso(tmp.path());
+    let org = Org::up(tmp.path(), "contoso.test");
     let contoso_edge: std::net::SocketAddr = org.info["edge"]["federation_addr"].as_str().unwrap().parse().unwrap();
     let contoso_fed_ca = PathBuf::from(org.info["edge"]["federation_ca"].as_str().unwrap());
 
@@ -284,7 +179,17 @@ async fn kamailio_as_a_partner_edge_messages_both_ways() {
     })
     .unwrap_or_else(|| panic!("kamailio never listened:\n{}", tail(&klog, 60)));
 
-    add_kamailio_partner(&org, kaddr, kca_pem);
+    republish(&org, |t| {
+        t.federation.partners.push(sipmesh_state::Partner {
+            domain: "kamailio.test".into(),
+            mode: sipmesh_state::PartnerMode::AllowedServer,
+            edge: Some(sipmesh_state::Fqdn::new("sip.kamailio.test").unwrap()),
+            address: Some(kaddr.to_string()),
+            ca_pem: kca_pem,
+            crl_pem: None,
+            max_rate: None,
+        })
+    });
 
     // bob's phone behind Kamailio (TLS with its certificate), registered there.
     let mut bob = Ua::connect_with_cert(kaddr, &kca.join("ca.pem"), "bob", &phone)
@@ -293,24 +198,7 @@ async fn kamailio_as_a_partner_edge_messages_both_ways() {
     let reg = bob.register(600).await;
     assert_eq!(reg.status(), Some(200), "{}\n{}", text(&reg), tail(&klog, 40));
     // alice on contoso's front-end.
-    let fe = org.node("fe1.");
-    let password = org.info["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["aor"] == "sip:alice@contoso.test")
-        .and_then(|u| u["password"].as_str())
-        .unwrap()
-        .to_owned();
-    let ca = PathBuf::from(org.info["ca"].as_str().unwrap());
-    let mut alice = Ua::connect(
-        fe["client_addr"].as_str().unwrap().parse().unwrap(),
-        &ca,
-        "alice",
-        &password,
-    )
-    .await;
-    assert_eq!(alice.register(600).await.status(), Some(200));
+    let mut alice = org.registered("alice").await;
 
     // contoso -> Kamailio: our edge dials it, checks sip.kamailio.test.
     let (got, fin) = message(&mut alice, &mut bob, b"hello kamailio").await;
@@ -355,15 +243,4 @@ async fn kamailio_as_a_partner_edge_messages_both_ways() {
     assert_eq!(row["requests_in"], 1, "{row}");
     assert_eq!(row["requests_out"], 1, "{row}");
     kam.kill();
-}
-
-async fn message(from: &mut Ua, to: &mut Ua, body: &[u8]) -> (SipMessage, SipMessage) {
-    let target = to.aor.clone();
-    let sent = from
-        .request("MESSAGE", &target, &["Content-Type: text/plain".into()], body)
-        .await;
-    let got = to.recv_request_method("MESSAGE", WAIT).await;
-    to.respond(&got, 200, "OK", &[], b"").await;
-    let (_, fin) = from.final_response(&sent, WAIT).await;
-    (got, fin)
 }
