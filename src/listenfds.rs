@@ -41,6 +41,8 @@ pub const CLIENT: &str = "client";
 pub const FEDERATION: &str = "federation";
 /// `LISTEN_FDNAMES` name of the metrics listener.
 pub const METRICS: &str = "metrics";
+/// `LISTEN_FDNAMES` name of the admin HTTP listener (the mesh page).
+pub const HTTP: &str = "http";
 
 /// What is wrong with the inherited sockets; each names the offending value.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,7 @@ pub enum ActivationError {
         named: usize,
     },
     /// A name other than `mesh` or `client`.
-    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH}, {CLIENT}, {FEDERATION} or {METRICS})")]
+    #[error("{LISTEN_FDNAMES}={names:?}: unknown socket name {name:?} (expected {MESH}, {CLIENT}, {FEDERATION}, {METRICS} or {HTTP})")]
     UnknownName {
         /// `LISTEN_FDNAMES`.
         names: String,
@@ -104,6 +106,8 @@ pub struct Named {
     pub federation: Option<usize>,
     /// Offset of the metrics socket.
     pub metrics: Option<usize>,
+    /// Offset of the admin HTTP socket.
+    pub http: Option<usize>,
 }
 
 /// Read the values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for
@@ -146,6 +150,7 @@ pub fn parse(
             CLIENT => (&mut named.client, CLIENT),
             FEDERATION => (&mut named.federation, FEDERATION),
             METRICS => (&mut named.metrics, METRICS),
+            HTTP => (&mut named.http, HTTP),
             other => {
                 return Err(ActivationError::UnknownName {
                     names: names.to_owned(),
@@ -174,6 +179,8 @@ pub struct Inherited {
     pub federation: Option<TcpListener>,
     /// The metrics socket, if one was named `metrics`.
     pub metrics: Option<TcpListener>,
+    /// The admin HTTP socket, if one was named `http`.
+    pub http: Option<TcpListener>,
 }
 
 impl Inherited {
@@ -216,6 +223,7 @@ impl Inherited {
             client: take(named.client, CLIENT)?,
             federation: take(named.federation, FEDERATION)?,
             metrics: take(named.metrics, METRICS)?,
+            http: take(named.http, HTTP)?,
         };
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         tracing::info!(
@@ -235,6 +243,7 @@ impl Inherited {
             client: tokio(self.client)?,
             federation: tokio(self.federation)?,
             metrics: tokio(self.metrics)?,
+            http: tokio(self.http)?,
             debug: None,
         })
     }
@@ -278,6 +287,7 @@ mod tests {
                 client: Some(1),
                 federation: None,
                 metrics: None,
+                http: None,
             })
         );
         assert_eq!(
@@ -287,6 +297,7 @@ mod tests {
                 client: Some(0),
                 federation: None,
                 metrics: None,
+                http: None,
             })
         );
         assert_eq!(
@@ -296,6 +307,7 @@ mod tests {
                 client: Some(1),
                 federation: Some(2),
                 metrics: None,
+                http: None,
             })
         );
         assert_eq!(
@@ -305,6 +317,7 @@ mod tests {
                 client: Some(0),
                 federation: None,
                 metrics: None,
+                http: None,
             })
         );
     }
@@ -346,16 +359,16 @@ mod tests {
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:sip")),
-            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh, client, federation or metrics)"#
+            r#"LISTEN_FDNAMES="mesh:sip": unknown socket name "sip" (expected mesh, client, federation, metrics or http)"#
         );
         // systemd's default name is the socket unit's name.
         assert_eq!(
             err(None, Some("1"), Some("sipmesh.socket")),
-            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client, federation or metrics)"#
+            r#"LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client, federation, metrics or http)"#
         );
         assert_eq!(
             err(None, Some("1"), Some("")),
-            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh, client, federation or metrics)"#
+            r#"LISTEN_FDNAMES="": unknown socket name "" (expected mesh, client, federation, metrics or http)"#
         );
         assert_eq!(
             err(None, Some("2"), Some("mesh:mesh")),

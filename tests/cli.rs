@@ -154,7 +154,7 @@ fn node_refuses_badly_named_inherited_sockets() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
-        r#"error: LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client, federation or metrics)"#
+        r#"error: LISTEN_FDNAMES="sipmesh.socket": unknown socket name "sipmesh.socket" (expected mesh, client, federation, metrics or http)"#
     );
     let out = node(&[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "mesh")]);
     assert_eq!(out.status.code(), Some(1));

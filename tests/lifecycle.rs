@@ -406,8 +406,8 @@ fn publish_adds_then_removes_a_member() {
     config.debug_socket = fe0_dir.join("debug.sock");
     config.mesh_listen = None;
     config.client_listen = None;
-    // fe1's metrics port is fe1's: fe0 runs without one.
-    config.admin.metrics = None;
+    // fe1's admin ports (metrics, page) are fe1's: fe0 runs without them.
+    config.admin = Default::default();
     config.tls.cert = cert.cert_path.clone();
     config.tls.key = cert.key_path.clone();
     std::fs::create_dir_all(&fe0_dir).expect("fe0 dir");

@@ -929,3 +929,64 @@ async fn q_values_ring_bobs_devices_in_turn() {
     );
     desk.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// `GET /metrics` of a node, the body.
+fn scrape(cluster: &common::Cluster, fqdn: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = cluster.node(fqdn).metrics_addr.clone().expect("metrics_addr");
+    let mut tcp = std::net::TcpStream::connect(addr.as_str()).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test]
+async fn transaction_durations_and_registrations_show_in_the_metrics() {
+    let (cluster, mut alice, mut bob) = alice_and_bob().await;
+    let sent = alice
+        .request("MESSAGE", &aor("bob"), &["Content-Type: text/plain".into()], b"timed")
+        .await;
+    let got = bob.recv_request_method("MESSAGE", WAIT).await;
+    bob.respond(&got, 200, "OK", &[], b"").await;
+    let (_, r) = alice.final_response(&sent, WAIT).await;
+    assert_eq!(r.status(), Some(200), "{}", text(&r));
+    // alice's node and bob's node each held one MESSAGE transaction.
+    for fqdn in [fe(1), fe(3)] {
+        let body = scrape(&cluster, &fqdn);
+        assert!(
+            body.contains("# TYPE sipmesh_sip_transaction_duration_seconds histogram"),
+            "{body}"
+        );
+        assert!(
+            body.contains("sipmesh_sip_transaction_duration_seconds_count{method=\"MESSAGE\"} 1\n"),
+            "{fqdn}:\n{body}"
+        );
+        assert!(
+            body.contains("sipmesh_sip_transaction_duration_seconds_bucket{le=\"+Inf\",method=\"MESSAGE\"} 1\n"),
+            "{fqdn}:\n{body}"
+        );
+    }
+    // Two bindings, each stored once at its home; no queue is holding or dropping.
+    let mut bindings = 0;
+    for n in 1..=3 {
+        let body = scrape(&cluster, &fe(n));
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("sipmesh_registrations "))
+            .unwrap_or_else(|| panic!("fe{n}: no sipmesh_registrations:\n{body}"));
+        bindings += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+        for peer in (1..=3).filter(|p| *p != n).map(fe) {
+            assert!(
+                body.contains(&format!("sipmesh_link_queue_depth{{peer=\"{peer}\"}} 0\n")),
+                "{body}"
+            );
+            assert!(
+                body.contains(&format!("sipmesh_link_queue_drops_total{{peer=\"{peer}\"}} 0\n")),
+                "{body}"
+            );
+        }
+        assert!(body.contains("sipmesh_registrar_queue_drops_total 0\n"), "{body}");
+    }
+    assert_eq!(bindings, 2);
+}

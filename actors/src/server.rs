@@ -55,6 +55,8 @@ pub struct Listeners {
     pub federation: Option<TcpListener>,
     /// The metrics listener (`[admin] metrics`).
     pub metrics: Option<TcpListener>,
+    /// The admin HTTP listener (`[admin] http`: the mesh page).
+    pub http: Option<TcpListener>,
 }
 
 /// What the process around a node provides.
@@ -244,6 +246,15 @@ pub async fn run(
         tracing::info!(metrics = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listener up");
         actix_rt::spawn(admin::metrics::serve(l, handle.clone()))
     });
+    let http_listener = match (listeners.http, config.admin.http) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(bind_tcp(None, addr, "admin http").await?),
+        (None, None) => None,
+    };
+    let http_task = http_listener.map(|l| {
+        tracing::info!(http = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin http listener up");
+        actix_rt::spawn(admin::page::serve(l, handle.clone()))
+    });
     let debug_task = actix_rt::spawn(admin::serve(debug_listener, handle));
     tracing::info!(
         fqdn = %shared.fqdn,
@@ -268,7 +279,7 @@ pub async fn run(
     let _ = proxy.registrar.committed().await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     debug_task.abort();
-    if let Some(t) = metrics_task {
+    for t in [metrics_task, http_task].into_iter().flatten() {
         t.abort();
     }
     timers.abort();

@@ -92,6 +92,9 @@ pub struct ClusterNode {
     /// Its Prometheus metrics listener (`GET /metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Its mesh page (`[admin] http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_http: Option<SocketAddr>,
 }
 
 impl ClusterFile {

@@ -141,6 +141,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             }),
             admin: sipmesh_actors::config::AdminConfig {
                 metrics: sockets.metrics_addr(),
+                http: sockets.http_addr(),
             },
         };
         let config_path = node_dir.join("node.toml");
@@ -150,6 +151,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             role,
             federation_addr,
             metrics_addr: sockets.metrics_addr(),
+            admin_http: sockets.http_addr(),
             client_addr,
             mesh_addr,
             debug_socket: config.debug_socket.clone(),

@@ -275,6 +275,18 @@ fn print_summary(dir: &Path, cluster: &ClusterFile) {
             "inspect:      sipmesh ctl --socket {} links",
             first.debug_socket.display()
         );
+        if let Some(page) = first.admin_http {
+            println!("mesh page:    http://{page}/");
+        }
+        let scrape: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| n.metrics_addr)
+            .map(|a| a.to_string())
+            .collect();
+        if !scrape.is_empty() {
+            println!("metrics:      GET /metrics on {}", scrape.join(", "));
+        }
     }
     println!(
         "stop:         Ctrl-C here, or `sipmesh cluster down --dir {}`",

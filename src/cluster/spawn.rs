@@ -32,6 +32,8 @@ pub(super) struct NodeSockets {
     federation: Option<TcpListener>,
     /// The Prometheus metrics listener (`[admin] metrics`).
     metrics: Option<TcpListener>,
+    /// The mesh page's listener (`[admin] http`).
+    http: Option<TcpListener>,
 }
 
 /// Backlog of the sockets the launcher binds: that of tokio's
@@ -50,7 +52,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl NodeSockets {
-    /// Two loopback ports the kernel chooses.
+    /// Loopback ports the kernel chooses: mesh, client, metrics, mesh page.
     pub(super) fn fresh() -> anyhow::Result<NodeSockets> {
         let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let bind = || listen(any).context("cannot bind a loopback port");
@@ -59,6 +61,7 @@ impl NodeSockets {
             client: bind()?,
             federation: None,
             metrics: Some(bind()?),
+            http: Some(bind()?),
         })
     }
 
@@ -73,6 +76,11 @@ impl NodeSockets {
     /// The metrics socket's address.
     pub(super) fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The mesh page socket's address.
+    pub(super) fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The federation socket's address, on an edge.
@@ -95,6 +103,7 @@ impl NodeSockets {
             client: bind(node.client_addr, "client")?,
             federation: node.federation_addr.map(|a| bind(a, "federation")).transpose()?,
             metrics: node.metrics_addr.map(|a| bind(a, "metrics")).transpose()?,
+            http: node.admin_http.map(|a| bind(a, "admin_http")).transpose()?,
         })
     }
 
@@ -135,6 +144,9 @@ pub(super) fn node_command(exe: &Path, node: &ClusterNode, sockets: NodeSockets)
     }
     if let Some(m) = sockets.metrics {
         handed.push((listenfds::METRICS, m.into()));
+    }
+    if let Some(h) = sockets.http {
+        handed.push((listenfds::HTTP, h.into()));
     }
     listenfds::hand_over(&mut cmd, handed)?;
     Ok(cmd)

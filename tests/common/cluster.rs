@@ -48,6 +48,9 @@ pub struct NodeInfo {
     /// The metrics listener `cluster up` gives every node.
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// The mesh page `cluster up` gives every node.
+    #[serde(default)]
+    pub admin_http: Option<String>,
 }
 
 impl NodeInfo {

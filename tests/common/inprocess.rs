@@ -225,6 +225,7 @@ impl Plan {
                 debug: None,
                 federation: None,
                 metrics: None,
+                http: None,
             };
             let (stop, stopped) = oneshot::channel::<()>();
             let shutdown = async move {

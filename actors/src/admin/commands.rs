@@ -178,7 +178,7 @@ pub const MESH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// The N×N view: each member's links (ours directly, the others' asked over
 /// their link to us, all at once), members we could not ask, and the pairs
 /// whose two ends disagree.
-async fn mesh_view(shared: &std::sync::Arc<crate::mesh::status::Shared>) -> Value {
+pub(crate) async fn mesh_view(shared: &std::sync::Arc<crate::mesh::status::Shared>) -> Value {
     let me = shared.fqdn.to_string();
     let members: Vec<String> = shared
         .topology

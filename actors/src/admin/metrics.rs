@@ -8,12 +8,12 @@
 //! histogram is recorded as heartbeats come back (in `LinkStatus`).
 //!
 //! The HTTP side is deliberately small and bounded: one request per
-//! connection, a request head of at most [`MAX_REQUEST_HEAD`] bytes read
+//! connection, a request head of at most
+//! [`MAX_REQUEST_HEAD`](super::http::MAX_REQUEST_HEAD) bytes read
 //! within [`REQUEST_TIMEOUT`], at most [`MAX_METRICS_CONNECTIONS`] at once.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -21,17 +21,12 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
+use super::http::{self, respond, REQUEST_TIMEOUT};
 use super::NodeHandle;
 use crate::mesh::status::LinkState;
 
-/// Largest HTTP request head read from a scraper.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// Deadline for the request head.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once (more wait in the listen backlog).
 pub const MAX_METRICS_CONNECTIONS: usize = 16;
 /// The content type of the answer.
@@ -108,6 +103,8 @@ impl Collector for NodeCollector {
         let mut frames = Vec::new();
         let mut bytes = Vec::new();
         let mut not_after = Vec::new();
+        let mut depth = Vec::new();
+        let mut drops = Vec::new();
         for l in &links {
             let peer = l.peer.as_str();
             let (st, cert) = l.update(|i| (i.state, i.cert_not_after));
@@ -134,6 +131,11 @@ impl Collector for NodeCollector {
                     ConstCounter::new(b.load(std::sync::atomic::Ordering::Relaxed)),
                 ));
             }
+            depth.push((labels(&[("peer", peer)]), ConstGauge::new(l.queue_depth() as i64)));
+            drops.push((
+                labels(&[("peer", peer)]),
+                ConstCounter::new(l.queue_full.load(std::sync::atomic::Ordering::Relaxed)),
+            ));
             if let Some(t) = cert {
                 not_after.push((labels(&[("whose", peer)]), ConstGauge::new(t.unix_timestamp())));
             }
@@ -157,6 +159,18 @@ impl Collector for NodeCollector {
         )?;
         family(&mut enc, "link_frames", "Mesh frames", &frames)?;
         family(&mut enc, "link_bytes", "Mesh bytes", &bytes)?;
+        family(
+            &mut enc,
+            "link_queue_depth",
+            "Frames waiting in the link's writer queue",
+            &depth,
+        )?;
+        family(
+            &mut enc,
+            "link_queue_drops",
+            "Frames refused because the link's writer queue was full (answered 503)",
+            &drops,
+        )?;
         {
             let mut m = enc.encode_descriptor(
                 "link_rtt_seconds",
@@ -271,6 +285,30 @@ impl Collector for NodeCollector {
         )?;
         family(
             &mut enc,
+            "registrar_queue_drops",
+            "REGISTERs refused because the registrar's write queue was full",
+            &[(
+                Labels::new(),
+                ConstCounter::new(u(&sip["registrar"]["refused_queue_full"])),
+            )],
+        )?;
+        let now = crate::clock::now_secs();
+        if let Ok(bindings) = self.node.proxy.registrar.all(now) {
+            family(
+                &mut enc,
+                "registrations",
+                "Live bindings stored at this node (it is their home)",
+                &[(Labels::new(), ConstGauge::new(bindings.len() as i64))],
+            )?;
+        }
+        self.node.proxy.txn_duration.encode(enc.encode_descriptor(
+            "sip_transaction_duration_seconds",
+            "Time from a request's arrival to its final response, by method",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?)?;
+        family(
+            &mut enc,
             "registrar_written",
             "Registrations written to the store",
             &[(Labels::new(), ConstCounter::new(u(&sip["registrar"]["written"])))],
@@ -336,72 +374,31 @@ pub fn render(registry: &Registry) -> String {
 /// Serve `GET /metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener, node: NodeHandle) {
     let registry = Arc::new(registry(node));
-    let permits = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    http::accept_loop(listener, MAX_METRICS_CONNECTIONS, "metrics", move |tcp| {
         let registry = registry.clone();
-        actix_rt::spawn(async move {
+        async move {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, &registry)).await;
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn answer(mut tcp: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tcp.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_HEAD {
-            return respond(
-                &mut tcp,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request head too large\n",
-            )
-            .await;
-        }
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some(path)) if path == "/metrics" || path.starts_with("/metrics?") => {
-            respond(&mut tcp, "200 OK", CONTENT_TYPE, &render(registry)).await
-        }
-        (Some("GET"), Some(_)) => {
+    let Some(request) = http::read_request(&mut tcp).await? else {
+        return Ok(());
+    };
+    match (request.method.as_str(), request.route()) {
+        ("GET", "/metrics") => respond(&mut tcp, "200 OK", CONTENT_TYPE, &[], render(registry).as_bytes()).await,
+        ("GET", _) => {
             respond(
                 &mut tcp,
                 "404 Not Found",
                 "text/plain",
-                "only /metrics is served here\n",
+                &[],
+                b"only /metrics is served here\n",
             )
             .await
         }
-        _ => respond(&mut tcp, "405 Method Not Allowed", "text/plain", "GET /metrics\n").await,
+        _ => respond(&mut tcp, "405 Method Not Allowed", "text/plain", &[], b"GET /metrics\n").await,
     }
-}
-
-async fn respond(tcp: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await?;
-    tcp.write_all(body.as_bytes()).await?;
-    tcp.shutdown().await
 }

@@ -45,7 +45,9 @@
 
 pub mod check;
 pub mod commands;
+pub mod http;
 pub mod metrics;
+pub mod page;
 pub mod socket;
 
 use std::sync::Arc;

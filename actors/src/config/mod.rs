@@ -61,6 +61,8 @@ pub struct NodeConfig {
 pub struct AdminConfig {
     /// Prometheus metrics (`metrics = "127.0.0.1:9464"`): `GET /metrics`.
     pub metrics: Option<SocketAddr>,
+    /// The mesh page and its live event stream (`http = "127.0.0.1:9465"`).
+    pub http: Option<SocketAddr>,
 }
 
 /// Default bound on connections from partners to the federation listener.

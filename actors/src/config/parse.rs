@@ -34,6 +34,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     metrics: Option<SocketAddr>,
+    http: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +321,7 @@ impl NodeConfig {
             sip,
             admin: AdminConfig {
                 metrics: raw.admin.metrics,
+                http: raw.admin.http,
             },
             federation: match raw.federation {
                 None => None,

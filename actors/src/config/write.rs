@@ -97,8 +97,14 @@ impl NodeConfig {
         for (cert, key) in &p.certs {
             s += &format!("\n[[sip.certs]]\ncert = {}\nkey = {}\n", q(cert), q(key));
         }
+        if self.admin != AdminConfig::default() {
+            s += "\n[admin]\n";
+        }
         if let Some(m) = self.admin.metrics {
-            s += &format!("\n[admin]\nmetrics = \"{m}\"\n");
+            s += &format!("metrics = \"{m}\"\n");
+        }
+        if let Some(h) = self.admin.http {
+            s += &format!("http = \"{h}\"\n");
         }
         if let Some(f) = &self.federation {
             s += &format!("\n[federation]\nmax_connections = {}\n", f.max_connections);

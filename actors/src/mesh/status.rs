@@ -100,6 +100,8 @@ pub struct LinkStatus {
     /// The writer queue of the live session, for senders outside the link
     /// actor (the SIP proxy): one bounded queue, no mailbox hop.
     pub sender: Mutex<Option<tokio::sync::mpsc::Sender<Frame>>>,
+    /// Frames refused because the writer queue was full (`sipmesh_link_queue_drops`).
+    pub queue_full: AtomicU64,
     /// Every heartbeat RTT measured on this link (`sipmesh_link_rtt_seconds`).
     pub rtt_histogram: prometheus_client::metrics::histogram::Histogram,
     /// Where state changes are announced.
@@ -141,6 +143,7 @@ impl LinkStatus {
             frames_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
             sender: Mutex::new(None),
             rtt_histogram: prometheus_client::metrics::histogram::Histogram::new(RTT_BUCKETS.iter().copied()),
             events,
@@ -152,9 +155,18 @@ impl LinkStatus {
         let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let tx = guard.as_ref().ok_or(SendError::Down)?;
         tx.try_send(frame).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => SendError::Full,
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                self.queue_full.fetch_add(1, Ordering::Relaxed);
+                SendError::Full
+            }
             tokio::sync::mpsc::error::TrySendError::Closed(_) => SendError::Down,
         })
+    }
+
+    /// Frames waiting in the live session's writer queue (0 without one).
+    pub fn queue_depth(&self) -> usize {
+        let guard = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
     }
 
     /// Run `f` on the info under the lock.

@@ -223,6 +223,9 @@ impl Proxy {
             if !first && !invite {
                 return;
             }
+            if first {
+                self.observe_duration(&st.request, st.started.elapsed());
+            }
             st.final_status.get_or_insert(code);
             st.settled = true;
             st.later.clear();

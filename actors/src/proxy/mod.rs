@@ -185,6 +185,25 @@ pub struct Proxy {
     /// `HOST:PORT` of our mesh-facing Record-Route entry: the mesh listener's
     /// address, or `FQDN:PORT` when the topology names us by DNS.
     mesh_host: String,
+    /// Seconds from a forwarded request's arrival to its final response, by method.
+    pub txn_duration: TxnDuration,
+}
+
+/// The transaction duration histograms, one per method (`other` for
+/// methods without a name of their own, so a stranger cannot add labels).
+pub type TxnDuration = prometheus_client::metrics::family::Family<
+    Vec<(String, String)>,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+/// Buckets of [`TxnDuration`], seconds: 0.5 ms to 32 s (Timer B/F is 32 s).
+const TXN_DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 4.0, 16.0, 32.0,
+];
+
+fn txn_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(TXN_DURATION_BUCKETS.iter().copied())
 }
 
 fn branch() -> String {
@@ -257,6 +276,7 @@ impl Proxy {
             _ => shared.mesh_addr.to_string(),
         };
         Ok(Proxy {
+            txn_duration: TxnDuration::new_with_constructor(txn_histogram as fn() -> _),
             auth_guard: Mutex::new(authn::AuthGuard::new(&config)),
             registrar: Registrar::new(store, config.min_expires, config.max_expires),
             shared,

@@ -138,6 +138,17 @@ impl Proxy {
         self.finish_server_txn(req, code, source);
     }
 
+    /// Record how long `req` took to get its final response.
+    pub(super) fn observe_duration(&self, req: &SipMessage, took: std::time::Duration) {
+        let method = match req.method() {
+            Some(Method::Other(_)) | None => "other".to_owned(),
+            Some(m) => m.to_string(),
+        };
+        self.txn_duration
+            .get_or_create(&vec![("method".to_owned(), method)])
+            .observe(took.as_secs_f64());
+    }
+
     pub(super) fn count_final(&self, req: &SipMessage, code: u16) {
         let method = req.method().map_or_else(|| "?".to_owned(), |m| m.to_string());
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());

@@ -48,6 +48,8 @@ pub(super) struct ServerTxn {
     pub(super) source: Source,
     pub(super) request: SipMessage,
     pub(super) final_status: Option<u16>,
+    /// When the request arrived (the transaction duration histogram).
+    pub(super) started: std::time::Instant,
     pub(super) expire: Option<delay_queue::Key>,
     /// The request bytes charged to its payer, given back on removal.
     charge: Option<Charge>,
@@ -213,6 +215,9 @@ impl Proxy {
     /// Record that the server transaction `key` sent a final `code`.
     pub(super) fn set_final_status(&self, key: &str, code: u16) {
         if let Some(st) = self.txns().server.get_mut(key) {
+            if st.final_status.is_none() {
+                self.observe_duration(&st.request, st.started.elapsed());
+            }
             st.final_status = Some(code);
         }
     }
@@ -299,6 +304,7 @@ impl Proxy {
                         hash: hash.clone(),
                     }),
                     charge: Some(charge),
+                    started: std::time::Instant::now(),
                 },
             );
         }
@@ -486,6 +492,7 @@ impl Proxy {
                             settled: true,
                             fork: None,
                             charge: None,
+                            started: std::time::Instant::now(),
                         },
                     );
                     None
