@@ -217,6 +217,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The same load through a Kamailio chain and a sipmesh chain, side by side.
+    Compare {
+        /// Rates per second, each measured on both chains.
+        #[arg(long, default_value = "3000,6000,12000")]
+        rates: String,
+        /// Measured seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Unmeasured warm-up seconds before each rate.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// MESSAGE body bytes.
+        #[arg(long, default_value_t = 200)]
+        body: usize,
+        /// Skip the max-rate search.
+        #[arg(long)]
+        no_max_search: bool,
+        /// Keep configs, logs, compare.json and compare.svg here.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time from starting N nodes to a full mesh.
     Mesh {
         /// Nodes.
@@ -590,6 +614,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
                     println!("{}", sipmesh::bench::render_relay(&report));
+                }
+            }
+            BenchCommand::Compare {
+                rates,
+                duration,
+                warmup,
+                body,
+                no_max_search,
+                dir,
+                json,
+            } => {
+                use std::io::IsTerminal as _;
+                let report = sipmesh::bench::compare(&sipmesh::bench::CompareOptions {
+                    rates: sipmesh::bench::parse_rates(&rates)?,
+                    duration: std::time::Duration::from_secs(duration),
+                    warmup: std::time::Duration::from_secs(warmup),
+                    body,
+                    max_search: !no_max_search,
+                    dir,
+                    progress: std::io::stderr().is_terminal(),
+                })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", sipmesh::bench::render_compare(&report));
                 }
             }
             BenchCommand::Mesh { nodes, runs, json } => {

@@ -81,3 +81,98 @@ fn mesh_bench_reports_time_and_memory() {
     let per_link = report["kib_per_idle_link"].as_f64().expect("kib_per_idle_link");
     assert!(per_link.abs() < 1024.0, "an idle link costs {per_link} KiB: {report}");
 }
+
+/// `bench compare`: both chains (Debian's Kamailio, two sipmesh nodes) get
+/// the same short load from the same generator; the JSON has the documented
+/// shape, every request of both chains got a 200, and the chart is written.
+#[test]
+fn compare_bench_drives_both_chains_and_reports_their_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    if !std::path::Path::new("/usr/sbin/kamailio").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kamailio is required under CI (scripts/test installs it)"
+        );
+        return;
+    }
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "compare",
+            "--rates",
+            "100,200",
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+            "--no-max-search",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run sipmesh bench compare");
+    assert!(
+        out.status.success(),
+        "bench compare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(r["rates"], serde_json::json!([100, 200]));
+    for chain in ["kamailio", "sipmesh"] {
+        let c = &r[chain];
+        assert!(c.get("failed").is_none(), "{chain}: {c}");
+        assert_eq!(c["max_rate"], serde_json::Value::Null, "{c}");
+        let rows = c["per_rate"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{c}");
+        for (row, rate) in rows.iter().zip([100u64, 200]) {
+            assert_eq!(row["rate"], rate);
+            assert_eq!(row["sent"], rate, "{chain}: {row}");
+            assert_eq!(row["answered"], rate, "{chain}: {row}");
+            assert_eq!(row["statuses"], serde_json::json!({"200": rate}), "{chain}: {row}");
+            let lat = row["latency_ms"].as_object().unwrap();
+            assert_eq!(lat.keys().collect::<Vec<_>>(), ["max", "p50", "p90", "p99", "p999"]);
+            assert!(
+                lat["p50"].as_f64().unwrap() > 0.0 && lat["p50"].as_f64() <= lat["max"].as_f64(),
+                "{row}"
+            );
+            let cpu = row["cpu_us_per_txn"].as_object().unwrap();
+            assert_eq!(cpu.keys().collect::<Vec<_>>(), ["a", "b", "generator"]);
+            for k in ["a", "b", "generator"] {
+                assert!(cpu[k].as_f64().unwrap() > 0.0, "{chain} {k}: {row}");
+            }
+        }
+    }
+    let ratios = r["ratio"]["per_rate"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2);
+    for row in ratios {
+        for k in ["cpu_a", "cpu_b", "p99"] {
+            assert!(row[k].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    assert_eq!(r["ratio"]["max_rate"], serde_json::Value::Null);
+    let svg = std::fs::read_to_string(dir.path().join("compare.svg")).unwrap();
+    assert!(svg.starts_with("<svg "), "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 8, "{svg}");
+    for f in ["kamailio-a.cfg", "kamailio-b.cfg", "kamailio-a-tls.cfg", "compare.json"] {
+        assert!(dir.path().join(f).exists(), "{f} kept in --dir");
+    }
+    let b_tls = std::fs::read_to_string(dir.path().join("kamailio-b-tls.cfg")).unwrap();
+    assert!(
+        b_tls.contains("require_certificate = yes"),
+        "B requires A's certificate: {b_tls}"
+    );
+}
+
+#[test]
+fn compare_bench_refuses_bad_rates_with_the_value() {
+    let out = Command::new(BIN)
+        .args(["bench", "compare", "--rates", "3000,fast"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: --rates \"3000,fast\": \"fast\" is not a positive rate"
+    );
+}

@@ -277,8 +277,8 @@ fn cluster_down_stops_everything() {
     assert!(gone.is_some(), "5 s after `cluster down`: {left}");
 }
 
-/// Each node's mesh, client and metrics ports are listening sockets that the
-/// node holds as fds 3, 4 and 5, named by socket activation, and the launcher holds
+/// Each node's mesh, client, metrics and page ports are listening sockets that the
+/// node holds as fds 3, 4, 5 and 6, named by socket activation, and the launcher holds
 /// none of them: `cluster up` handed over the sockets it bound and wrote into
 /// the topology instead of releasing the ports for the node to bind again.
 fn assert_sockets_handed_over(info: &ClusterInfo, when: &str) {
@@ -287,7 +287,7 @@ fn assert_sockets_handed_over(info: &ClusterInfo, when: &str) {
     for n in &info.nodes {
         let environ = std::fs::read(format!("/proc/{}/environ", n.pid)).expect("node environ");
         let environ: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-        for var in [&b"LISTEN_FDS=3"[..], b"LISTEN_FDNAMES=mesh:client:metrics"] {
+        for var in [&b"LISTEN_FDS=4"[..], b"LISTEN_FDNAMES=mesh:client:metrics:http"] {
             assert!(
                 environ.contains(&var),
                 "{when}: {} started without {}",
@@ -301,10 +301,17 @@ fn assert_sockets_handed_over(info: &ClusterInfo, when: &str) {
             .unwrap_or_else(|| panic!("{when}: {} has no metrics_addr", n.fqdn))
             .parse()
             .expect("metrics_addr");
+        let page: std::net::SocketAddr = n
+            .admin_http
+            .as_deref()
+            .unwrap_or_else(|| panic!("{when}: {} has no admin_http", n.fqdn))
+            .parse()
+            .expect("admin_http");
         for (fd, what, addr) in [
             (3, "mesh", n.mesh()),
             (4, "client", n.client()),
             (5, "metrics", metrics),
+            (6, "page", page),
         ] {
             let listening: Vec<u64> = rows
                 .iter()

@@ -4,17 +4,25 @@
 //!   sends MESSAGEs at a fixed rate to a responder registered at node B (so
 //!   every transaction crosses A → MTLS → B and back). Reports latency
 //!   percentiles, answered/failed counts, and the CPU each node spent per
-//!   transaction (from `/proc/<pid>/stat`), next to the design targets. Its
-//!   clients are [`crate::ua`] connections.
+//!   transaction (from `/proc/PID/task/*/schedstat`), next to the design targets.
+//! - `compare` (`compare.rs`, `kamailio.rs`): the same load through a
+//!   Kamailio chain and a sipmesh chain, one after the other, side by side.
+//! - `load.rs`: the generator both use (open loop, HDR histogram, CPU of
+//!   whole process trees); its clients are [`crate::ua`] connections.
 //! - `mesh` (`mesh.rs`): time from starting N node processes to a full mesh,
 //!   and the memory an idle link costs.
 //!
 //! Load is open-loop (paced by the clock, not by answers), bounded in count
 //! and time, and only ever sent to the cluster it starts on 127.0.0.1.
 
+mod compare;
+pub mod kamailio;
+mod load;
 mod mesh;
 mod relay;
 
+pub use compare::{compare, render_compare, svg, CompareOptions, CompareReport};
+pub use load::parse_rates;
 pub use mesh::{mesh, render_mesh, MeshReport, SETTLE};
 pub use relay::{
     relay, render_relay, RelayOptions, RelayReport, DRAIN, MAX_DURATION, MAX_TRANSACTIONS, TARGET_P99_MS,

@@ -2,35 +2,26 @@
 //! rate to a responder registered at node B, both [`crate::ua`] connections;
 //! every transaction crosses A → MTLS → B and back.
 //!
-//! The load user agent is only what the bench words itself: its REGISTER and
-//! MESSAGE bytes. TLS, framing and the Digest answer are [`crate::ua`]'s. The
-//! sender writes each MESSAGE straight to the connection's write half (one
-//! `format!` and two writes, no flush); the responder batches its 200s.
+//! The load itself is [`super::load::Load`], the generator `bench compare`
+//! uses too; this file registers its two clients (REGISTER bytes here, TLS,
+//! framing and the Digest answer [`crate::ua`]'s) and words the report.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use bytes::Bytes;
 use serde::Serialize;
 use sipmesh_actors::auth::Algorithm;
-use sipmesh_actors::sip::{Incoming, SipMessage};
-use tokio::io::AsyncWriteExt;
 
 use super::cluster_options;
+use super::load::{check_run, Load, Shape};
 use crate::cluster::LocalCluster;
 use crate::ua::{self, Connection, Credentials, UaError};
 
-/// Most transactions one relay run may send (bounds memory and time).
-pub const MAX_TRANSACTIONS: u64 = 2_000_000;
-/// Longest measured duration accepted.
-pub const MAX_DURATION: Duration = Duration::from_secs(600);
-/// How long to wait for the last answers after the last send.
-pub const DRAIN: Duration = Duration::from_secs(3);
+pub use super::load::{DRAIN, MAX_DURATION, MAX_TRANSACTIONS};
 /// Design target: CPU per relayed transaction on the relaying node.
 pub const TARGET_RELAY_US: f64 = 25.0;
 /// Design target: p99 latency at half load.
@@ -70,21 +61,6 @@ pub struct RelayReport {
     pub mesh_ready_ms: u128,
 }
 
-/// Read utime+stime of `pid` in microseconds.
-fn cpu_us(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("bad /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command name: field 3 is index 0; utime is field 14, stime 15.
-    let utime: f64 = fields.get(11).context("utime")?.parse()?;
-    let stime: f64 = fields.get(12).context("stime")?.parse()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Ok((utime + stime) / hz * 1e6)
-}
-
 /// Digest algorithms the load client answers: MD5 only, as the bench always
 /// has (registration happens before the measured window).
 const ALGORITHMS: &[Algorithm] = &[Algorithm::Md5];
@@ -103,7 +79,7 @@ fn register_request(user: &str, domain: &str, port: u16, cseq: u32, auth: Option
 
 /// A load client connected to `addr` (the node verified as `server_name`)
 /// and registered there as `aor` with `password`.
-async fn registered(
+pub(super) async fn registered(
     addr: SocketAddr,
     server_name: &str,
     tls: Arc<rustls::ClientConfig>,
@@ -145,41 +121,20 @@ async fn registered(
     }
     Ok(conn)
 }
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
 /// Run the relay benchmark.
 pub fn relay(opts: &RelayOptions) -> anyhow::Result<RelayReport> {
-    if opts.rate == 0 {
-        bail!("--rate 0: must be at least 1");
-    }
-    if opts.duration > MAX_DURATION || opts.duration.is_zero() {
-        bail!(
-            "--duration {:?}: must be between 1 s and {} s",
-            opts.duration,
-            MAX_DURATION.as_secs()
-        );
-    }
-    let total = (opts.rate as f64 * (opts.warmup + opts.duration).as_secs_f64()) as u64;
-    if total > MAX_TRANSACTIONS {
-        bail!("{total} transactions (rate × time) is over the {MAX_TRANSACTIONS} limit");
-    }
+    check_run(opts.rate, opts.warmup, opts.duration)?;
     let cluster = LocalCluster::start(&std::env::temp_dir(), &cluster_options(2))?;
     let ready = cluster.wait_ready(Duration::from_secs(15))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    let mut report = local.block_on(&rt, relay_run(&cluster, opts, total))?;
+    let mut report = local.block_on(&rt, relay_run(&cluster, opts))?;
     report.mesh_ready_ms = ready.as_millis();
     let _ = std::fs::remove_dir_all(&cluster.dir);
     Ok(report)
 }
 
-async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> anyhow::Result<RelayReport> {
+async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions) -> anyhow::Result<RelayReport> {
     let file = &cluster.file;
     let (a, b) = (&file.nodes[0], &file.nodes[1]);
     let tls = ua::client_config(&file.ca, None)?;
@@ -189,134 +144,32 @@ async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions, total: u64) -> a
     let sender_pw = pw(&sender_aor).context("no alice")?;
     let sender = registered(a.client_addr, &a.fqdn, tls.clone(), &sender_aor, &sender_pw).await?;
     let receiver_pw = pw(&receiver_aor).context("no bob")?;
-    let mut receiver = registered(b.client_addr, &b.fqdn, tls, &receiver_aor, &receiver_pw).await?;
-
-    // Responder: answer every request 200, batching writes.
-    let responder = tokio::task::spawn_local(async move {
-        let mut out = Vec::with_capacity(64 * 1024);
-        loop {
-            let Ok(req) = receiver.next_message().await else { return };
-            out.clear();
-            out.extend_from_slice(&SipMessage::response_to(&req, 200, "OK", Some("benchb")).to_bytes());
-            // Only messages already buffered: anything else decoded (a keep-alive)
-            // ends the batch and is dropped, as the bench has always done.
-            while let Some(Incoming::Message(more)) = receiver.reader.buffered() {
-                out.extend_from_slice(&SipMessage::response_to(&more, 200, "OK", Some("benchb")).to_bytes());
-            }
-            if receiver.writer.write_all(&out).await.is_err() {
-                return;
-            }
-        }
-    });
-
-    let warm = (opts.rate as f64 * opts.warmup.as_secs_f64()) as u64;
-    let sent_at: Rc<RefCell<Vec<Option<Instant>>>> = Rc::new(RefCell::new(vec![None; total as usize]));
-    let latencies: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::with_capacity(total as usize)));
-    let statuses: Rc<RefCell<BTreeMap<u16, u64>>> = Rc::default();
-    let answered = Rc::new(RefCell::new(0u64));
-    let last_answer = Rc::new(RefCell::new(Instant::now()));
-
-    let Connection {
-        mut reader,
-        writer: mut wr,
-        local,
-        ..
-    } = sender;
-    let port = local.port();
-    let collector = {
-        let (sent_at, latencies, statuses, answered, last_answer) = (
-            sent_at.clone(),
-            latencies.clone(),
-            statuses.clone(),
-            answered.clone(),
-            last_answer.clone(),
-        );
-        tokio::task::spawn_local(async move {
-            while let Ok(resp) = reader.next_message().await {
-                let Some(code) = resp.status() else { continue };
-                if code < 200 {
-                    continue;
-                }
-                let Some(i) = resp
-                    .call_id()
-                    .ok()
-                    .and_then(|c| c.strip_prefix('b'))
-                    .and_then(|c| c.split('@').next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let now = Instant::now();
-                *last_answer.borrow_mut() = now;
-                if i < warm {
-                    continue;
-                }
-                if let Some(t) = sent_at.borrow().get(i as usize).copied().flatten() {
-                    latencies.borrow_mut().push(now.duration_since(t).as_micros() as u64);
-                }
-                *statuses.borrow_mut().entry(code).or_default() += 1;
-                *answered.borrow_mut() += 1;
-            }
-        })
-    };
-
-    let body = Bytes::from(vec![b'x'; opts.body]);
-    let start = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / opts.rate as f64);
-    let (mut cpu_a0, mut cpu_b0, mut t0) = (0.0, 0.0, Instant::now());
-    for i in 0..total {
-        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-        if i == warm {
-            cpu_a0 = cpu_us(a.pid)?;
-            cpu_b0 = cpu_us(b.pid)?;
-            t0 = Instant::now();
-        }
-        let msg = format!(
-            "MESSAGE {receiver_aor} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-b{i}\r\n\
-             Max-Forwards: 70\r\nFrom: <{sender_aor}>;tag=bencha\r\nTo: <{receiver_aor}>\r\nCall-ID: b{i}@bench\r\n\
-             CSeq: {} MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-            i + 1,
-            body.len()
-        );
-        sent_at.borrow_mut()[i as usize] = Some(Instant::now());
-        wr.write_all(msg.as_bytes()).await?;
-        wr.write_all(&body).await?;
-    }
-    let measured_sent = total - warm;
-    let drain_deadline = Instant::now() + DRAIN;
-    while *answered.borrow() < measured_sent && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let t1 = (*last_answer.borrow()).max(t0);
-    let (cpu_a1, cpu_b1) = (cpu_us(a.pid)?, cpu_us(b.pid)?);
-    collector.abort();
-    responder.abort();
-
-    let mut lat = latencies.borrow().clone();
-    lat.sort_unstable();
-    let n = measured_sent.max(1) as f64;
-    let mut latency_ms = BTreeMap::new();
-    for (k, p) in [
-        ("p50", 0.50),
-        ("p90", 0.90),
-        ("p99", 0.99),
-        ("p999", 0.999),
-        ("max", 1.0),
-    ] {
-        latency_ms.insert(k.to_owned(), percentile(&lat, p));
-    }
+    let receiver = registered(b.client_addr, &b.fqdn, tls, &receiver_aor, &receiver_pw).await?;
+    let mut load = Load::start(sender, receiver, &sender_aor, &receiver_aor);
+    let never = AtomicBool::new(false);
+    let r = load
+        .run(
+            Shape {
+                rate: opts.rate,
+                warmup: opts.warmup,
+                duration: opts.duration,
+                body: opts.body,
+            },
+            &[a.pid, b.pid],
+            &never,
+            |_| {},
+        )
+        .await?;
     let mut cpu = BTreeMap::new();
-    cpu.insert(a.fqdn.clone(), ((cpu_a1 - cpu_a0) / n * 10.0).round() / 10.0);
-    cpu.insert(b.fqdn.clone(), ((cpu_b1 - cpu_b0) / n * 10.0).round() / 10.0);
-    let answered = *answered.borrow();
-    let statuses = statuses.borrow().clone();
+    cpu.insert(a.fqdn.clone(), r.cpu_us[0]);
+    cpu.insert(b.fqdn.clone(), r.cpu_us[1]);
     Ok(RelayReport {
         rate: opts.rate,
-        duration_s: (t1 - t0).as_secs_f64(),
-        sent: measured_sent,
-        answered,
-        statuses,
-        latency_ms,
+        duration_s: r.duration_s,
+        sent: r.sent,
+        answered: r.answered,
+        statuses: r.statuses,
+        latency_ms: r.latency_ms,
         cpu_us_per_txn: cpu,
         mesh_ready_ms: 0,
     })
