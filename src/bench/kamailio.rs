@@ -33,7 +33,7 @@ pub const KAMAILIO_TLS: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.s
 /// How long an instance may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Shared memory (MB) and private memory (MB) per instance.
-const SHM_MB: &str = "256";
+const SHM_MB: &str = "512";
 const PKG_MB: &str = "16";
 /// The SIP domain of the Kamailio chain.
 pub const DOMAIN: &str = "bench.test";
@@ -168,7 +168,11 @@ fn spawn(dir: &Path, name: &str, cfg: &str, port: u16) -> anyhow::Result<(Child,
     let log_path = dir.join(format!("kamailio-{name}.log"));
     let log = std::fs::File::create(&log_path)?;
     let mut child = Command::new(KAMAILIO)
-        .args(["-DD", "-E", "-m", SHM_MB, "-M", PKG_MB, "-f"])
+        // TLSF for both memory pools: Debian's default (qm, with
+        // DBG_SR_MEMORY) is the debugging allocator, not the one to measure.
+        .args([
+            "-DD", "-E", "-m", SHM_MB, "-M", PKG_MB, "-x", "tlsf", "-X", "tlsf", "-f",
+        ])
         .arg(&cfg_path)
         .arg("-Y")
         .arg(&run)
@@ -227,7 +231,10 @@ pub fn start(dir: &Path) -> anyhow::Result<KamailioChain> {
             + &profile("server:default", &b_id, &ca, false)
             + &profile("client:default", &b_id, &ca, false),
     )?;
-    let b_route = r#"    if (is_method("REGISTER")) {
+    // Replies go back on the connection the request came in on (A's, the
+    // responder's), not to a new one towards the Via's sent-by port.
+    let b_route = r#"    force_rport();
+    if (is_method("REGISTER")) {
         save("location");
         exit;
     }
@@ -245,7 +252,8 @@ pub fn start(dir: &Path) -> anyhow::Result<KamailioChain> {
         profile("server:default", &a_id, &ca, false) + &profile("client:default", &a_id, &ca, true),
     )?;
     let a_route = format!(
-        r#"    $du = "sip:127.0.0.1:{b_mesh};transport=tls";
+        r#"    force_rport();
+    $du = "sip:127.0.0.1:{b_mesh};transport=tls";
     if (!t_relay()) {{
         sl_reply_error();
     }}"#

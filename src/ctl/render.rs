@@ -98,8 +98,8 @@ pub fn render(cmd: &str, result: &Value) -> String {
                     } else {
                         let l = &view["links"][b];
                         match (l["state"].as_str(), l["rtt_ms"].as_f64()) {
-                            (Some(s), Some(rtt)) => format!("{s} {rtt:.1}ms"),
-                            (Some(s), None) => s.to_owned(),
+                            (Some("up"), Some(rtt)) => format!("up {rtt:.1}ms"),
+                            (Some(s), _) => s.to_owned(),
                             _ => "none".to_owned(),
                         }
                     };
