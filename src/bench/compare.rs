@@ -230,9 +230,16 @@ impl Driver<'_> {
             }
         }
         if self.opts.max_search {
-            match self.search(load, pids, label, alive).await {
+            let mut best = 0;
+            match self.search(load, pids, label, alive, &mut best).await {
                 Ok(max) => chain.max_rate = Some(max),
-                Err(e) => chain.failed = Some(format!("max-rate search: {e:#}")),
+                Err(e) => {
+                    // The chain broke at a higher rate: what passed before is its result.
+                    chain.max_rate = (best > 0).then_some(best);
+                    chain.failed = Some(format!(
+                        "max-rate search: the chain broke above {best}/s ({e:#}); max_rate is the highest rate answered in full before"
+                    ));
+                }
             }
         }
         chain
@@ -245,8 +252,14 @@ impl Driver<'_> {
         pids: &[u32],
         label: &str,
         alive: &mut dyn FnMut() -> bool,
+        best: &mut u32,
     ) -> anyhow::Result<u32> {
-        let pass = |r: &RunResult| r.all_ok();
+        let mut pass = |r: &RunResult| {
+            if r.all_ok() {
+                *best = (*best).max(r.rate);
+            }
+            r.all_ok()
+        };
         let mut lo = 0u32;
         let mut hi: Option<u32> = None;
         let mut rate = self.opts.rates.iter().copied().max().unwrap_or(1000);

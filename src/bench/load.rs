@@ -30,6 +30,9 @@ pub const MAX_TRANSACTIONS: u64 = 2_000_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 /// How long to wait for the last answers after the last send.
 pub const DRAIN: Duration = Duration::from_secs(3);
+/// A write that cannot complete for this long means the chain stopped
+/// reading (a server that died or wedged): the run ends with an error.
+pub const WRITE_STALL: Duration = Duration::from_secs(5);
 /// Highest latency the histogram holds (µs); above it a sample is clamped.
 const HIST_MAX_US: u64 = 120_000_000;
 
@@ -287,8 +290,17 @@ impl Load {
                 port = self.port,
             );
             self.window.borrow_mut().sent_at[k as usize] = Some(Instant::now());
-            self.writer.write_all(msg.as_bytes()).await?;
-            self.writer.write_all(&body).await?;
+            let write = async {
+                self.writer.write_all(msg.as_bytes()).await?;
+                self.writer.write_all(&body).await
+            };
+            match tokio::time::timeout(WRITE_STALL, write).await {
+                Ok(r) => r?,
+                Err(_) => bail!(
+                    "the chain stopped reading for {} s at request {k}",
+                    WRITE_STALL.as_secs()
+                ),
+            }
             if k >= warm {
                 sent += 1;
             }
