@@ -44,7 +44,10 @@ fn every_members_view_of_every_link_from_one_node() {
     common::kill_sipmesh_pid(cluster.node("fe3.contoso.test").pid);
     let v = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let v: Value = serde_json::from_str(&mesh(&cluster, "fe1.contoso.test", true)).ok()?;
+        // A query sent while fe1 still saw the link up times out instead
+        // ("no answer within 2000 ms"); poll until fe1 has noticed.
         (v["unreachable"] == serde_json::json!(["fe3.contoso.test"])
+            && v["views"]["fe3.contoso.test"]["error"] == "link not up"
             && v["views"]["fe2.contoso.test"]["links"]["fe3.contoso.test"]["state"] != "up")
             .then_some(v)
     })
