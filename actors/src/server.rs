@@ -237,24 +237,25 @@ pub async fn run(
         faults: std::env::var_os(FAULT_INJECTION_ENV).is_some_and(|v| v == "1"),
         set_log_level: hooks.set_log_level,
     };
-    let metrics_listener = match (listeners.metrics, config.admin.metrics) {
-        (Some(l), _) => Some(l),
-        (None, Some(addr)) => Some(bind_tcp(None, addr, "metrics").await?),
-        (None, None) => None,
-    };
-    let metrics_task = metrics_listener.map(|l| {
-        tracing::info!(metrics = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listener up");
-        actix_rt::spawn(admin::metrics::serve(l, handle.clone()))
-    });
-    let http_listener = match (listeners.http, config.admin.http) {
-        (Some(l), _) => Some(l),
-        (None, Some(addr)) => Some(bind_tcp(None, addr, "admin http").await?),
-        (None, None) => None,
-    };
-    let http_task = http_listener.map(|l| {
-        tracing::info!(http = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin http listener up");
-        actix_rt::spawn(admin::page::serve(l, handle.clone()))
-    });
+    // Each admin listener: the inherited socket, else the configured address, else off.
+    let mut admin_tasks = Vec::new();
+    for (inherited, configured, what) in [
+        (listeners.metrics, config.admin.metrics, "metrics"),
+        (listeners.http, config.admin.http, "admin http"),
+    ] {
+        let listener = match (inherited, configured) {
+            (Some(l), _) => l,
+            (None, Some(addr)) => bind_tcp(None, addr, what).await?,
+            (None, None) => continue,
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(listener = what, addr = %addr, "admin listener up");
+        admin_tasks.push(if what == "metrics" {
+            actix_rt::spawn(admin::metrics::serve(listener, handle.clone()))
+        } else {
+            actix_rt::spawn(admin::page::serve(listener, handle.clone()))
+        });
+    }
     let debug_task = actix_rt::spawn(admin::serve(debug_listener, handle));
     tracing::info!(
         fqdn = %shared.fqdn,
@@ -279,7 +280,7 @@ pub async fn run(
     let _ = proxy.registrar.committed().await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     debug_task.abort();
-    for t in [metrics_task, http_task].into_iter().flatten() {
+    for t in admin_tasks {
         t.abort();
     }
     timers.abort();

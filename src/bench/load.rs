@@ -100,7 +100,7 @@ pub struct RunResult {
     /// Latency in milliseconds: `p50, p90, p99, p999, max`.
     pub latency_ms: BTreeMap<String, f64>,
     /// CPU µs per measured transaction: one per probed process tree, in the
-    /// order given, then the generator's own.
+    /// order given.
     #[serde(skip)]
     pub cpu_us: Vec<f64>,
     /// The generator's CPU µs per transaction.
