@@ -241,6 +241,42 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// New TLS connections per second into a node's mesh port (mutual TLS)
+    /// and client port, and into Kamailio's mutual-TLS port, with the
+    /// server's CPU per handshake.
+    Handshake {
+        /// Measured seconds per door.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Parallel clients, each one connection at a time.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Skip Kamailio.
+        #[arg(long)]
+        no_kamailio: bool,
+        /// Keep Kamailio's configs and logs here.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// N TLS clients connect and REGISTER with Digest to one node at once,
+    /// while relayed MESSAGE traffic runs through it.
+    Storm {
+        /// Clients registering at once.
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        /// Relayed MESSAGEs per second through the storm.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Measured seconds of relayed traffic (the storm starts with them).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time from starting N nodes to a full mesh.
     Mesh {
         /// Nodes.
@@ -641,6 +677,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", sipmesh::bench::render_compare(&report));
                 }
             }
+            BenchCommand::Handshake {
+                duration,
+                parallel,
+                no_kamailio,
+                dir,
+                json,
+            } => {
+                let report = sipmesh::bench::handshake(&sipmesh::bench::HandshakeOptions {
+                    duration: std::time::Duration::from_secs(duration),
+                    parallel,
+                    kamailio: !no_kamailio,
+                    dir,
+                })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", sipmesh::bench::render_handshake(&report));
+                }
+            }
+            BenchCommand::Storm {
+                clients,
+                rate,
+                duration,
+                json,
+            } => {
+                let report = sipmesh::bench::storm_bench(&sipmesh::bench::StormOptions {
+                    clients,
+                    rate,
+                    duration: std::time::Duration::from_secs(duration),
+                })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", sipmesh::bench::render_storm(&report));
+                }
+            }
             BenchCommand::Mesh { nodes, runs, json } => {
                 let report = sipmesh::bench::mesh(nodes, runs)?;
                 if json {
@@ -664,6 +736,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mesh_dns,
                 keylog,
             } => cluster::up(cluster::UpOptions {
+                load_users: 0,
                 keylog,
                 edge,
                 federation_dns,

@@ -35,6 +35,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Shared memory (MB) and private memory (MB) per instance.
 const SHM_MB: &str = "1024";
 const PKG_MB: &str = "16";
+/// B's certificate name (it also holds 127.0.0.1).
+pub const B_NAME: &str = "kamailio-b.bench.test";
 /// The SIP domain of the Kamailio chain.
 pub const DOMAIN: &str = "bench.test";
 
@@ -56,6 +58,10 @@ pub struct KamailioChain {
     pub a_client: SocketAddr,
     /// B's client port (the responder registers here).
     pub b_client: SocketAddr,
+    /// B's mutual-TLS port (A relays here; `bench handshake` measures it).
+    pub b_mesh: SocketAddr,
+    /// A's certificate, which B's mutual-TLS port accepts.
+    pub a_identity: Issued,
     /// The CA that signed every certificate of the chain.
     pub ca: PathBuf,
     /// Process ids of A and B (their workers are their children).
@@ -224,7 +230,7 @@ pub fn start(dir: &Path) -> anyhow::Result<KamailioChain> {
     }
     let ca = ca_dir.join("ca.pem");
     let a_id = issue(&ca_dir, "kamailio-a.bench.test", &dir.join("kamailio-a-cert"))?;
-    let b_id = issue(&ca_dir, "kamailio-b.bench.test", &dir.join("kamailio-b-cert"))?;
+    let b_id = issue(&ca_dir, B_NAME, &dir.join("kamailio-b-cert"))?;
     let (a_client, b_mesh, b_client) = (free_port()?, free_port()?, free_port()?);
 
     // B: the MTLS port for A, a plain-TLS port for clients; the registrar.
@@ -274,6 +280,8 @@ pub fn start(dir: &Path) -> anyhow::Result<KamailioChain> {
     Ok(KamailioChain {
         a_client: SocketAddr::from((Ipv4Addr::LOCALHOST, a_client)),
         b_client: SocketAddr::from((Ipv4Addr::LOCALHOST, b_client)),
+        b_mesh: SocketAddr::from((Ipv4Addr::LOCALHOST, b_mesh)),
+        a_identity: a_id,
         ca,
         pids: [a.id(), b.id()],
         children: vec![a, b],

@@ -9,6 +9,11 @@
 //!   Kamailio chain and a sipmesh chain, one after the other, side by side.
 //! - `load.rs`: the generator both use (open loop, HDR histogram, CPU of
 //!   whole process trees); its clients are [`crate::ua`] connections.
+//! - `handshake` (`handshake.rs`): new TLS and mutual-TLS connections per
+//!   second into a node's ports and into Kamailio's, with the server CPU
+//!   per handshake; survives Kamailio dying under it.
+//! - `storm` (`storm.rs`): N clients connect and REGISTER with Digest at
+//!   once while relayed traffic runs through the node they hit.
 //! - `mesh` (`mesh.rs`): time from starting N node processes to a full mesh,
 //!   and the memory an idle link costs.
 //!
@@ -16,18 +21,23 @@
 //! and time, and only ever sent to the cluster it starts on 127.0.0.1.
 
 mod compare;
+mod handshake;
 pub mod kamailio;
 mod load;
 mod mesh;
 mod relay;
+mod storm;
 
 pub use compare::{compare, render_compare, svg, CompareOptions, CompareReport};
+pub use handshake::{handshake, render_handshake, HandshakeOptions, HandshakeReport, MAX_PARALLEL};
 pub use load::parse_rates;
 pub use mesh::{mesh, render_mesh, MeshReport, SETTLE};
 pub use relay::{
     relay, render_relay, RelayOptions, RelayReport, DRAIN, MAX_DURATION, MAX_TRANSACTIONS, TARGET_P99_MS,
     TARGET_RELAY_US,
 };
+
+pub use storm::{render_storm, storm_bench, StormOptions, StormReport, MAX_STORM_CLIENTS};
 
 use crate::cluster::UpOptions;
 
@@ -45,5 +55,6 @@ fn cluster_options(nodes: usize) -> UpOptions {
         federation_dns: None,
         mesh_dns: None,
         keylog: false,
+        load_users: 0,
     }
 }

@@ -63,11 +63,11 @@ pub struct RelayReport {
 
 /// Digest algorithms the load client answers: MD5 only, as the bench always
 /// has (registration happens before the measured window).
-const ALGORITHMS: &[Algorithm] = &[Algorithm::Md5];
+pub(super) const ALGORITHMS: &[Algorithm] = &[Algorithm::Md5];
 
 /// The load client's REGISTER of `user@domain` from our `port`: CSeq 1
 /// without credentials, 2 with `auth`.
-fn register_request(user: &str, domain: &str, port: u16, cseq: u32, auth: Option<&str>) -> String {
+pub(super) fn register_request(user: &str, domain: &str, port: u16, cseq: u32, auth: Option<&str>) -> String {
     let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     format!(
         "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-reg{cseq}\r\n\

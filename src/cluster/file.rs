@@ -32,6 +32,9 @@ pub struct ClusterFile {
     pub topology_public_key: PathBuf,
     /// Demo SIP users (Digest credentials for any node's client port).
     pub users: Vec<ClusterUser>,
+    /// Bench users (`UpOptions::load_users`), when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_users: Option<LoadUsers>,
     /// The launcher's pid.
     pub launcher_pid: u32,
     /// The nodes.
@@ -63,6 +66,25 @@ pub struct ClusterUser {
     pub aor: String,
     /// Password.
     pub password: String,
+}
+
+/// Many numbered users with one password: `sip:{prefix}{n:05}@domain` for
+/// `n` in `1..=count`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoadUsers {
+    /// Name prefix (`load`).
+    pub prefix: String,
+    /// How many.
+    pub count: usize,
+    /// Their one password.
+    pub password: String,
+}
+
+impl LoadUsers {
+    /// The user name of number `n` (1-based).
+    pub fn name(&self, n: usize) -> String {
+        format!("{}{n:05}", self.prefix)
+    }
 }
 
 /// One node of the cluster.

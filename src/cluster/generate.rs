@@ -11,7 +11,7 @@ use sipmesh_state::{Fqdn, Role, Topology, TrustedServer};
 
 use super::file::write_private;
 use super::spawn::NodeSockets;
-use super::{ClusterFile, ClusterNode, ClusterUser, UpOptions, DEMO_USERS};
+use super::{ClusterFile, ClusterNode, ClusterUser, LoadUsers, UpOptions, DEMO_USERS};
 use crate::pki;
 
 fn password() -> String {
@@ -41,7 +41,12 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             password: password(),
         })
         .collect();
-    let users_file = sipmesh_actors::auth::UsersFile {
+    let load_users = (opts.load_users > 0).then(|| LoadUsers {
+        prefix: "load".into(),
+        count: opts.load_users,
+        password: password(),
+    });
+    let mut users_file = sipmesh_actors::auth::UsersFile {
         realm: opts.domain.clone(),
         users: DEMO_USERS
             .iter()
@@ -49,6 +54,12 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
             .map(|(name, u)| sipmesh_actors::auth::UserEntry::from_password(name, &opts.domain, &u.password))
             .collect(),
     };
+    if let Some(l) = &load_users {
+        users_file.users.extend(
+            (1..=l.count)
+                .map(|n| sipmesh_actors::auth::UserEntry::from_password(&l.name(n), &opts.domain, &l.password)),
+        );
+    }
     let users_path = dir.join("users.toml");
     write_private(&users_path, &users_file.to_toml())?;
     let mut edge = None;
@@ -175,6 +186,7 @@ pub(super) fn generate(dir: &Path, opts: &UpOptions, sockets: &[NodeSockets]) ->
         topology_key,
         topology_public_key,
         users,
+        load_users,
         launcher_pid: std::process::id(),
         nodes,
         edge,

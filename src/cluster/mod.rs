@@ -31,7 +31,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use self::federate::federate;
-pub use self::file::{ClusterEdge, ClusterFile, ClusterNode, ClusterUser};
+pub use self::file::{ClusterEdge, ClusterFile, ClusterNode, ClusterUser, LoadUsers};
 use self::generate::generate;
 pub use self::spawn::LocalCluster;
 use self::spawn::{node_command, stop_children, NodeSockets};
@@ -74,6 +74,9 @@ pub struct UpOptions {
     pub mesh_dns: Option<std::net::SocketAddr>,
     /// Write each node's TLS secrets to `NODE_DIR/tls-keys.log` (for Wireshark).
     pub keylog: bool,
+    /// Extra Digest users `load00001`… sharing one password, for benches
+    /// that register many clients at once (`bench storm`); 0 for none.
+    pub load_users: usize,
 }
 
 /// Demo users `cluster up` creates.
