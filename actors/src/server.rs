@@ -66,12 +66,22 @@ pub struct Hooks {
     pub set_log_level: Option<LogLevelHook>,
 }
 
+/// A listening socket as tokio binds one, with the larger backlog.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(crate::net::accept::LISTEN_BACKLOG)
+}
+
 async fn bind_tcp(given: Option<TcpListener>, addr: SocketAddr, what: &'static str) -> Result<TcpListener, NodeError> {
     match given {
         Some(l) => Ok(l),
-        None => TcpListener::bind(addr)
-            .await
-            .map_err(|cause| NodeError::Bind { what, addr, cause }),
+        None => listen(addr).map_err(|cause| NodeError::Bind { what, addr, cause }),
     }
 }
 

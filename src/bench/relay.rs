@@ -67,13 +67,18 @@ pub(super) const ALGORITHMS: &[Algorithm] = &[Algorithm::Md5];
 
 /// The load client's REGISTER of `user@domain` from our `port`: CSeq 1
 /// without credentials, 2 with `auth`.
-pub(super) fn register_request(user: &str, domain: &str, port: u16, cseq: u32, auth: Option<&str>) -> String {
+/// A REGISTER from a client at `local`. Like a phone's: its own address in
+/// Via and Contact and a branch unique to the request (clients on different
+/// source IPs can have the same port; a shared branch and sent-by would make
+/// the server take one client's request for another's retransmission).
+pub(super) fn register_request(user: &str, domain: &str, local: SocketAddr, cseq: u32, auth: Option<&str>) -> String {
     let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let branch = rand::random::<u64>();
     format!(
-        "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{port};branch=z9hG4bK-reg{cseq}\r\n\
+        "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-reg{cseq}-{branch:016x}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=bench\r\nTo: <sip:{user}@{domain}>\r\n\
          Call-ID: reg-{user}@bench\r\nCSeq: {cseq} REGISTER\r\n\
-         Contact: <sip:{user}@127.0.0.1:{port};transport=tls>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
+         Contact: <sip:{user}@{local};transport=tls>\r\nExpires: 3600\r\n{auth}Content-Length: 0\r\n\r\n"
     )
 }
 
@@ -91,7 +96,6 @@ pub(super) async fn registered(
         .trim_start_matches("sip:")
         .split_once('@')
         .context("AOR without @")?;
-    let port = conn.local.port();
     let uri = format!("sip:{domain}");
     let creds = Credentials {
         user,
@@ -102,7 +106,7 @@ pub(super) async fn registered(
     };
     let answer = ua::register(&creds, async |auth: Option<&str>| {
         let cseq = if auth.is_some() { 2 } else { 1 };
-        conn.send_raw(register_request(user, domain, port, cseq, auth).as_bytes())
+        conn.send_raw(register_request(user, domain, conn.local, cseq, auth).as_bytes())
             .await?;
         let answer = conn.next_message().await?;
         // The node challenges every first REGISTER; anything else is wrong here.

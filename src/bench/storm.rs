@@ -71,7 +71,8 @@ pub struct StormReport {
     pub clients: usize,
     /// Of those, registered (200 to the REGISTER with credentials).
     pub registered: usize,
-    /// Failures by kind: a status code, or `connect`, `tls`, `timeout`, `closed`.
+    /// Failures by kind: a status code, or `connect`, `tls`, `closed`, or
+    /// `timeout-STEP` (`tls`, `challenge`, `register`: what never came).
     pub failures: BTreeMap<String, u64>,
     /// Time from the storm's start until every client was registered (ms);
     /// `null` when some never were.
@@ -116,7 +117,7 @@ fn failure_kind(e: &anyhow::Error) -> String {
         Some(UaError::Status { got: Some(code), .. }) => code.to_string(),
         _ => match e.downcast_ref::<Failure>() {
             Some(Failure::Status(code)) => code.to_string(),
-            Some(Failure::Timeout) => "timeout".into(),
+            Some(Failure::Timeout(phase)) => format!("timeout-{phase}"),
             None => "closed".into(),
         },
     }
@@ -126,8 +127,21 @@ fn failure_kind(e: &anyhow::Error) -> String {
 enum Failure {
     #[error("REGISTER answered {0}")]
     Status(u16),
-    #[error("no 200 within the client deadline")]
-    Timeout,
+    /// The client deadline passed while waiting for this step.
+    #[error("no {0} within the client deadline")]
+    Timeout(&'static str),
+}
+
+/// One step of a client, failing with its name when the deadline passes.
+async fn step<T, E: Into<anyhow::Error>>(
+    deadline: tokio::time::Instant,
+    phase: &'static str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(Failure::Timeout(phase).into()),
+    }
 }
 
 /// One storm client: connect from `from`, REGISTER, answer the challenge.
@@ -140,8 +154,13 @@ async fn client(
     domain: &str,
     password: &str,
 ) -> anyhow::Result<Connection> {
-    let mut conn = Connection::open_from(Some(from), addr, server_name, tls).await?;
-    let port = conn.local.port();
+    let deadline = tokio::time::Instant::now() + CLIENT_DEADLINE;
+    let mut conn = step(
+        deadline,
+        "tls",
+        Connection::open_from(Some(from), addr, server_name, tls),
+    )
+    .await?;
     let uri = format!("sip:{domain}");
     let cnonce = format!("storm-{user}");
     let creds = Credentials {
@@ -153,14 +172,14 @@ async fn client(
     };
     // The two exchanges written out (not `ua::register`'s closure): these
     // clients run on a multi-threaded runtime, so the future must be `Send`.
-    conn.send_raw(register_request(user, domain, port, 1, None).as_bytes())
+    conn.send_raw(register_request(user, domain, conn.local, 1, None).as_bytes())
         .await?;
-    let mut answer = conn.next_message().await?;
+    let mut answer = step(deadline, "challenge", conn.next_message()).await?;
     if answer.status() == Some(401) {
         let authorization = creds.authorization(&answer, "REGISTER")?;
-        conn.send_raw(register_request(user, domain, port, 2, Some(&authorization)).as_bytes())
+        conn.send_raw(register_request(user, domain, conn.local, 2, Some(&authorization)).as_bytes())
             .await?;
-        answer = conn.next_message().await?;
+        answer = step(deadline, "register", conn.next_message()).await?;
     }
     match answer.status() {
         Some(200) => Ok(conn),
@@ -192,10 +211,9 @@ fn storm(
             let password = users.password.clone();
             tasks.push(tokio::spawn(async move {
                 let run = client(source(i), addr, &server_name, tls, &user, &domain, &password);
-                match tokio::time::timeout(CLIENT_DEADLINE, run).await {
-                    Ok(Ok(conn)) => (Ok(start.elapsed()), Some(conn)),
-                    Ok(Err(e)) => (Err(failure_kind(&e)), None),
-                    Err(_) => (Err(failure_kind(&Failure::Timeout.into())), None),
+                match run.await {
+                    Ok(conn) => (Ok(start.elapsed()), Some(conn)),
+                    Err(e) => (Err(failure_kind(&e)), None),
                 }
             }));
         }

@@ -36,9 +36,9 @@ pub(super) struct NodeSockets {
     http: Option<TcpListener>,
 }
 
-/// Backlog of the sockets the launcher binds: that of tokio's
-/// `TcpListener::bind`, which nodes had when they bound their own ports.
-const LISTEN_BACKLOG: i32 = 1024;
+/// Backlog of the sockets the launcher binds: the one nodes use when they
+/// bind their own ports.
+const LISTEN_BACKLOG: i32 = sipmesh_actors::net::accept::LISTEN_BACKLOG as i32;
 
 /// A listening TCP socket (close-on-exec, as every socket socket2 makes).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

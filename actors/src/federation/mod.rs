@@ -290,6 +290,7 @@ impl Federation {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.clone())));
         server.alpn_protocols.clear();
+        server.ignore_client_order = true;
         let resolver = crate::net::dns::Resolver::new(config.dns).map_err(TlsError::Verifier)?;
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE);
         Ok((
@@ -854,7 +855,8 @@ async fn partner_connection(tcp: TcpStream, remote: SocketAddr, proxy: Arc<Proxy
     let Some(edge) = &fed.edge else { return };
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(edge.server.clone());
-    let tls = match tokio::time::timeout(FEDERATION_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(FEDERATION_HANDSHAKE_TIMEOUT, crate::net::offload::accept(acceptor, tcp)).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let r = rejection_of(&e).unwrap_or_else(|| Rejection {

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::net::offload::PoolStream;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
@@ -20,7 +20,7 @@ use super::wire::{self, Frame, FrameError, Hello, PROTOCOL_VERSION};
 use crate::trust::CertInfo;
 
 /// The TLS stream under a mesh link, either side.
-pub type MeshStream = TlsStream<TcpStream>;
+pub type MeshStream = TlsStream<PoolStream>;
 
 /// A framed mesh stream.
 pub type MeshFramed = Framed<MeshStream, LinkCodec>;

@@ -393,7 +393,10 @@ async fn dial(shared: Arc<Shared>, peer: TrustedServer, timeout: Duration) -> Re
         let local = tcp.local_addr().ok();
         let name = rustls::pki_types::ServerName::try_from(peer.fqdn.to_string()).map_err(|e| e.to_string())?;
         let config = shared.tls.load().client.clone();
-        let tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        let tls = match tokio_rustls::TlsConnector::from(config)
+            .connect(name, crate::net::offload::PoolStream::from(tcp))
+            .await
+        {
             Ok(tls) => tls,
             Err(e) => {
                 return Err(match rejection_of(&e) {

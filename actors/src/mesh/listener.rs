@@ -147,7 +147,7 @@ async fn authenticate(
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load().server.clone());
-    let tls = acceptor.accept(tcp).await.map_err(|e| {
+    let tls = crate::net::offload::accept(acceptor, tcp).await.map_err(|e| {
         rejection_of(&e).unwrap_or(Rejection {
             reason: RejectReason::Handshake,
             presented_name: None,

@@ -33,6 +33,10 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Listen backlog of the node's ports (the kernel caps it at
+/// `net.core.somaxconn`): a restarted server's clients all reconnect at once,
+/// and a SYN dropped on a full queue costs its client a second or more.
+pub const LISTEN_BACKLOG: u32 = 4096;
 /// Pause after a failed `accept` so the loop does not spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// A refusal reason is logged at most this often (a stranger must not be

@@ -103,7 +103,7 @@ async fn connection(
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load().client_port.clone());
-    let tls = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, crate::net::offload::accept(acceptor, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(remote = %remote, error = %e, "client TLS handshake failed");

@@ -98,6 +98,7 @@ impl TlsConfigs {
         // back in on an old ticket.
         server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
+        server.ignore_client_order = true;
         client.resumption = rustls::client::Resumption::disabled();
         let optional = material.policy().client_verifier(ClientCert::Optional)?;
         let mut client_port = rustls::ServerConfig::builder_with_provider(provider())
@@ -117,6 +118,7 @@ impl TlsConfigs {
         // request and would take a TLS 1.3 ticket for the answer.
         client_port.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         client_port.send_tls13_tickets = 0;
+        client_port.ignore_client_order = true;
         if let Some(k) = &material.keylog {
             server.key_log = k.clone();
             client.key_log = k.clone();

@@ -7,10 +7,13 @@
 //! - [`configs`]: the rustls configs of the mesh and client ports, swapped whole
 //!   on reload; the SNI certificate resolver.
 //! - [`reject`]: rejection reasons, their mapping from rustls errors, the log.
+//! - [`verified`]: chains a verifier already accepted, so reconnects skip
+//!   the chain and CRL signature checks.
 
 pub mod configs;
 pub mod material;
 pub mod reject;
+pub mod verified;
 pub mod verifier;
 
 pub use configs::{SniResolver, TlsConfigs};

@@ -20,6 +20,7 @@ use sipmesh_state::Topology;
 
 use super::material::{provider, CertInfo, TlsError, TlsMaterial};
 use super::reject::{RejectReason, Rejection};
+use super::verified::VerifiedChains;
 use crate::config::CrlExpired;
 
 /// The handshake signature checks of a verifier here: those of its webpki
@@ -134,6 +135,10 @@ impl TrustPolicy {
         }
     }
 
+    fn verified_chains(&self) -> VerifiedChains {
+        VerifiedChains::new(&self.crls, self.crl_expired == CrlExpired::Refuse)
+    }
+
     /// A verifier of client certificates.
     pub fn client_verifier(&self, mode: ClientCert) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         let build = |allow_unknown: bool| {
@@ -155,6 +160,7 @@ impl TrustPolicy {
             strict: build(false)?,
             lenient: build(true)?,
             revocation: self.revocation(),
+            verified: self.verified_chains(),
         }))
     }
 
@@ -176,6 +182,7 @@ impl TrustPolicy {
             strict: build(false)?,
             lenient: build(true)?,
             revocation: self.revocation(),
+            verified: self.verified_chains(),
         }))
     }
 }
@@ -252,6 +259,7 @@ struct PolicyClientVerifier {
     strict: Arc<dyn ClientCertVerifier>,
     lenient: Arc<dyn ClientCertVerifier>,
     revocation: Revocation,
+    verified: VerifiedChains,
 }
 
 impl ClientCertVerifier for PolicyClientVerifier {
@@ -273,11 +281,19 @@ impl ClientCertVerifier for PolicyClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.revocation.judge(
+        let key = VerifiedChains::key(end_entity, intermediates, "");
+        if self.verified.holds(&key, now) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let verdict = self.revocation.judge(
             end_entity,
             self.strict.verify_client_cert(end_entity, intermediates, now),
             || self.lenient.verify_client_cert(end_entity, intermediates, now),
-        )
+        );
+        if verdict.is_ok() {
+            self.verified.accepted(key, end_entity, now);
+        }
+        verdict
     }
 
     delegate_signatures!(strict);
@@ -289,6 +305,7 @@ struct PolicyServerVerifier {
     strict: Arc<WebPkiServerVerifier>,
     lenient: Arc<WebPkiServerVerifier>,
     revocation: Revocation,
+    verified: VerifiedChains,
 }
 
 impl ServerCertVerifier for PolicyServerVerifier {
@@ -300,7 +317,11 @@ impl ServerCertVerifier for PolicyServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.revocation.judge(
+        let key = VerifiedChains::key(end_entity, intermediates, &server_name.to_str());
+        if self.verified.holds(&key, now) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let verdict = self.revocation.judge(
             end_entity,
             self.strict
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
@@ -308,7 +329,11 @@ impl ServerCertVerifier for PolicyServerVerifier {
                 self.lenient
                     .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             },
-        )
+        );
+        if verdict.is_ok() {
+            self.verified.accepted(key, end_entity, now);
+        }
+        verdict
     }
 
     delegate_signatures!(strict);
@@ -582,5 +607,55 @@ mod tests {
         );
         assert_eq!(verdict(&p, &leaf(&a, "fe2.contoso.test")), None);
         assert_eq!(verdict(&p, &leaf(&b, "fe2.contoso.test")), Some("crl-expired"));
+    }
+
+    /// A remembered verdict never outlives what it was based on: an accepted
+    /// chain is accepted again from the cache, but not past its CRL's
+    /// nextUpdate (when expired CRLs are refused) and not for another chain.
+    #[test]
+    fn remembered_chains_end_at_the_crl_next_update() {
+        let (a, b) = (ca("CA A"), ca("CA B"));
+        let now = OffsetDateTime::now_utc();
+        let p = policy(&[&a], vec![crl(&a, now + Duration::hours(1))], CrlExpired::Refuse);
+        let client = p.client_verifier(ClientCert::Required).unwrap();
+        let peer = leaf(&a, "fe2.contoso.test");
+        let at =
+            |t: OffsetDateTime| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64));
+        assert!(client.verify_client_cert(&peer, &[], at(now)).is_ok());
+        assert!(client
+            .verify_client_cert(&peer, &[], at(now + Duration::minutes(1)))
+            .is_ok());
+        // Past the CRL's nextUpdate: verified again, and refused.
+        let late = client
+            .verify_client_cert(&peer, &[], at(now + Duration::hours(2)))
+            .unwrap_err();
+        assert_eq!(rejection_of_tls(&late).reason.as_str(), "crl-expired");
+        // A stranger's chain is refused every time (refusals are not remembered).
+        let stranger = leaf(&b, "fe2.contoso.test");
+        for _ in 0..2 {
+            let e = client.verify_client_cert(&stranger, &[], at(now)).unwrap_err();
+            assert_eq!(rejection_of_tls(&e).reason.as_str(), "unknown-ca");
+        }
+    }
+
+    #[test]
+    fn verified_chains_are_bounded_and_keyed_by_every_byte() {
+        let a = ca("CA A");
+        let cache = VerifiedChains::new(&[], false);
+        let now = UnixTime::now();
+        let peer = leaf(&a, "fe2.contoso.test");
+        let key = VerifiedChains::key(&peer, &[], "");
+        cache.accepted(key, &peer, now);
+        assert!(cache.holds(&key, now));
+        assert!(!cache.holds(&VerifiedChains::key(&peer, &[], "fe2.contoso.test"), now));
+        assert!(!cache.holds(&VerifiedChains::key(&peer, std::slice::from_ref(&a.cert), ""), now));
+        let after_ttl = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            now.as_secs() + super::super::verified::VERIFIED_CHAIN_TTL.as_secs(),
+        ));
+        assert!(!cache.holds(&key, after_ttl));
+        for i in 0..super::super::verified::MAX_VERIFIED_CHAINS {
+            cache.accepted(VerifiedChains::key(&peer, &[], &i.to_string()), &peer, now);
+        }
+        assert!(cache.len() <= super::super::verified::MAX_VERIFIED_CHAINS);
     }
 }
