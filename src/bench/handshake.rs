@@ -37,6 +37,8 @@ use crate::ua;
 pub const MAX_PARALLEL: usize = 256;
 /// Longest measured time per door.
 pub const MAX_HANDSHAKE_DURATION: Duration = Duration::from_secs(120);
+/// Longest excerpt of one Kamailio log line in the report.
+const CRASH_LINE_CHARS: usize = 100;
 /// How often the Kamailio process is checked while it is under load.
 const WATCH: Duration = Duration::from_millis(100);
 
@@ -217,17 +219,23 @@ fn chain_addr(chain: &std::sync::Mutex<kamailio::KamailioChain>) -> SocketAddr {
     chain.lock().map(|c| c.b_mesh).unwrap_or_else(|e| e.into_inner().b_mesh)
 }
 
-/// The lines of a Kamailio log that tell how it died (memory errors,
-/// signals), at most three.
+/// What a Kamailio log says about how it died (memory errors, failed
+/// assertions, signals): each such line from its keyword on, cut to
+/// [`CRASH_LINE_CHARS`], at most two plus the first assertion.
 fn crash_lines(log: &Path) -> String {
+    const KEYS: [&str; 3] = ["BUG", "Assertion", "SIGSEGV"];
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.contains("BUG") || l.contains("Assertion") || l.contains("SIGSEGV"))
-        .take(2)
-        .chain(text.lines().filter(|l| l.contains("Assertion")).take(1))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" | ")
+    let from_key = |l: &str| {
+        let at = KEYS.iter().filter_map(|k| l.find(k)).min()?;
+        Some(l[at..].trim().chars().take(CRASH_LINE_CHARS).collect::<String>())
+    };
+    let mut lines: Vec<String> = text.lines().filter_map(from_key).take(2).collect();
+    if let Some(a) = text.lines().filter(|l| l.contains("Assertion")).find_map(from_key) {
+        if !lines.contains(&a) {
+            lines.push(a);
+        }
+    }
+    lines.join(" | ")
 }
 
 /// A client config that never resumes: every connection a full handshake.

@@ -31,6 +31,8 @@ pub const MAX_STORM_CLIENTS: usize = 9_000;
 pub const CLIENTS_PER_IP: usize = 50;
 /// How long one client may take from connect to its 200.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+/// Nice value of the storm clients' threads (as the nodes' TLS pool).
+const STORM_CLIENT_NICE: i32 = 10;
 /// Unmeasured relayed traffic before the storm starts.
 const WARMUP: Duration = Duration::from_secs(2);
 /// Targets (issue 11).
@@ -198,8 +200,14 @@ fn storm(
     users: crate::cluster::LoadUsers,
     domain: String,
 ) -> anyhow::Result<Vec<Result<Duration, String>>> {
+    // The storm's clients stand for phones on other machines: at nice
+    // STORM_CLIENT_NICE they take what the nodes leave of the shared cores,
+    // not the routing thread's share.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(|| {
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), STORM_CLIENT_NICE);
+        })
         .enable_all()
         .build()?;
     Ok(rt.block_on(async move {
