@@ -513,8 +513,16 @@ impl Proxy {
         let Some(key) = server_key(&msg) else {
             return self.reject(&source, &msg, SipReject::Malformed(ParseError::MissingHeader("Via")));
         };
-        if self.has_server_txn(&key) {
-            return; // a retransmission of a request we are already handling
+        match self.server_txn_from(&key, &source) {
+            Some(true) => return, // a retransmission of a request we are already handling
+            // Another hop's request with the key of a live transaction (same
+            // branch and sent-by): a merged request (RFC 3261 §8.2.2.2), not
+            // a retransmission. Answered without touching that transaction,
+            // so no connection can absorb or end another one's request.
+            Some(false) => {
+                return self.respond_outside_txn(&source, &msg, 482, "Loop Detected (merged request)", Vec::new())
+            }
+            None => {}
         }
         let mf = match msg.max_forwards() {
             Ok(v) => v.unwrap_or(DEFAULT_MAX_FORWARDS),

@@ -109,6 +109,25 @@ impl Proxy {
 
     /// Answer a request ourselves (and count it).
     pub(super) fn respond(&self, source: &Source, req: &SipMessage, code: u16, reason: &str, extra: Vec<Header>) {
+        // A CANCEL shares the INVITE's key; its answer does not answer the INVITE.
+        if code >= 200 && !matches!(req.method(), Some(Method::Ack | Method::Cancel)) {
+            if let Some(key) = server_key(req) {
+                self.set_final_status(&key, code);
+            }
+        }
+        self.respond_outside_txn(source, req, code, reason, extra);
+    }
+
+    /// Answer (and count) a request without touching the server transaction
+    /// of its key: for a merged request, whose key is another hop's.
+    pub(super) fn respond_outside_txn(
+        &self,
+        source: &Source,
+        req: &SipMessage,
+        code: u16,
+        reason: &str,
+        extra: Vec<Header>,
+    ) {
         if req.method() == Some(&Method::Ack) {
             return; // ACK is never answered
         }
@@ -118,10 +137,6 @@ impl Proxy {
         resp.headers.push(Header::new(HeaderName::Server, SERVER));
         if code >= 200 {
             self.count_final(req, code);
-            // A CANCEL shares the INVITE's key; its answer does not answer the INVITE.
-            if let Some(key) = server_key(req).filter(|_| req.method() != Some(&Method::Cancel)) {
-                self.set_final_status(&key, code);
-            }
         }
         self.send_to_source(source, &resp);
     }

@@ -501,6 +501,42 @@ async fn only_the_hop_that_sent_an_invite_can_cancel_it() {
     assert_eq!(lines(&bob.received()), ["CANCEL"]);
 }
 
+/// A request from another connection with the key of a live transaction
+/// (same branch and sent-by) is a merged request: 482 to it, while the
+/// first one's transaction goes on untouched and still absorbs its own
+/// retransmissions.
+#[tokio::test(start_paused = true)]
+async fn another_connections_request_with_a_live_key_is_a_merged_request() {
+    let n = node(SipConfig::default());
+    let p = &n.proxy;
+    let (mut alice, mut bob, mut carol) = (
+        Client::open(p, "alice"),
+        Client::open(p, "bob"),
+        Client::open(p, "carol"),
+    );
+    register(p, &mut bob, "bob");
+    alice.send(p, &invite("z9hG4bK-inv9"));
+    assert_eq!(lines(&alice.received()), ["100"]);
+    assert_eq!(lines(&bob.received()), ["INVITE"]);
+    carol.send(p, &invite("z9hG4bK-inv9").replace("<sip:alice@", "<sip:carol@"));
+    let answer = carol.received();
+    assert_eq!(lines(&answer), ["482"]);
+    assert!(
+        matches!(&answer[0].start, StartLine::Response { reason, .. } if reason == "Loop Detected (merged request)"),
+        "{:?}",
+        answer[0].start
+    );
+    assert!(bob.received().is_empty(), "carol's request is not forwarded");
+    assert_eq!(live(p), (1, 1));
+    // alice's retransmission is still absorbed, and her transaction lives.
+    alice.send(p, &invite("z9hG4bK-inv9"));
+    assert!(alice.received().is_empty() && bob.received().is_empty());
+    assert_eq!(live(p), (1, 1));
+    alice.send(p, &hop("CANCEL", "z9hG4bK-inv9"));
+    assert_eq!(lines(&alice.received()), ["200"]);
+    assert_eq!(lines(&bob.received()), ["CANCEL"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_the_hop_that_sent_a_failed_invite_has_its_ack_absorbed() {
     let n = node(SipConfig::default());

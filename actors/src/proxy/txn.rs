@@ -190,8 +190,8 @@ pub async fn drive_timers(proxy: Weak<Proxy>) {
 
 impl Proxy {
     /// Whether a server transaction with this key is live (a retransmission).
-    pub(super) fn has_server_txn(&self, key: &str) -> bool {
-        self.txns().server.contains_key(key)
+    pub(super) fn server_txn_from(&self, key: &str, source: &Source) -> Option<bool> {
+        self.txns().server.get(key).map(|st| st.source == *source)
     }
 
     /// Whether `msg` (a CANCEL) shares the key of a live server transaction
