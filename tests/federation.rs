@@ -573,35 +573,48 @@ struct Dns {
 
 impl Dns {
     fn start(dir: &Path, records: &[String]) -> Dns {
-        // A port no one holds (dnsmasq binds it itself, UDP and TCP).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--conf-file=/dev/null",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file",
-            "--user=root",
-            "--log-facility=-",
-            "--log-queries",
-        ])
-        .arg(format!("--port={port}"))
-        .args(records);
-        let proc = ProcGuard::spawn("dnsmasq", cmd, &dir.join("dnsmasq.log"));
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        poll_until(WAIT, Duration::from_millis(20), || {
-            std::net::TcpStream::connect(addr).ok().map(|_| ())
-        })
-        .unwrap_or_else(|| panic!("dnsmasq never listened:\n{}", tail(&dir.join("dnsmasq.log"), 40)));
-        Dns { addr, _proc: proc }
+        // A port no one holds (dnsmasq binds it itself, UDP and TCP). The
+        // UDP probe cannot see a TCP socket holding the same port, so a
+        // dnsmasq that finds it taken is started again on another one.
+        const ATTEMPTS: usize = 5;
+        let log = dir.join("dnsmasq.log");
+        for _ in 0..ATTEMPTS {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut cmd = Command::new("dnsmasq");
+            cmd.args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--pid-file",
+                "--user=root",
+                "--log-facility=-",
+                "--log-queries",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records);
+            let mut proc = ProcGuard::spawn("dnsmasq", cmd, &log);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let up = poll_until(WAIT, Duration::from_millis(20), || {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Some(true);
+                }
+                proc.try_wait().map(|_| false)
+            });
+            match up {
+                Some(true) => return Dns { addr, _proc: proc },
+                Some(false) if tail(&log, 40).contains("Address already in use") => continue,
+                _ => break,
+            }
+        }
+        panic!("dnsmasq never listened:\n{}", tail(&log, 40))
     }
 }
 

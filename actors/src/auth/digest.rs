@@ -18,7 +18,7 @@
 //! Request-URI. The counter in the nonce tells a client how many challenges
 //! the node issued, nothing more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
 
-use super::users::UsersFile;
+use super::users::{UserEntry, UsersFile};
 use crate::clock::now_secs;
 use crate::sip::digest::{quote, DigestParams, DigestSyntaxError};
 
@@ -289,6 +289,9 @@ pub struct DigestRequest<'a> {
 #[derive(Clone)]
 pub struct DigestAuth {
     users: Arc<UsersFile>,
+    /// Index of `users` by name: a lookup per REGISTER (and per stranger's
+    /// guess) must not scan an enterprise's whole users file.
+    by_name: Arc<HashMap<String, usize>>,
     secret: [u8; 32],
     node: String,
     nonce_ttl: Duration,
@@ -319,8 +322,15 @@ impl DigestAuth {
     /// A verifier for `users` on node `node`, signing nonces with `secret`;
     /// nonces older than `nonce_ttl` (whole seconds) are stale.
     pub fn new(users: UsersFile, secret: [u8; 32], nonce_ttl: Duration, node: &str) -> DigestAuth {
+        let by_name = users
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.clone(), i))
+            .collect();
         DigestAuth {
             users: Arc::new(users),
+            by_name: Arc::new(by_name),
             secret,
             node: node.to_owned(),
             nonce_ttl,
@@ -337,6 +347,11 @@ impl DigestAuth {
     /// The users file in use.
     pub fn users(&self) -> &UsersFile {
         &self.users
+    }
+
+    /// The user named `name` (case-sensitive), by index.
+    pub fn user(&self, name: &str) -> Option<&UserEntry> {
+        self.by_name.get(name).and_then(|&i| self.users.users.get(i))
     }
 
     /// Nonces whose highest nonce count is currently remembered.
@@ -422,7 +437,7 @@ impl DigestAuth {
             }
         }
 
-        let user = self.users.user(&p.username);
+        let user = self.user(&p.username);
         // Hash even for an unknown user so timing does not tell which names exist.
         let ha1 = user.map_or("", |u| u.ha1(alg));
         let expected = digest_response(
@@ -631,6 +646,17 @@ mod tests {
 
     fn auth() -> DigestAuth {
         DigestAuth::new(users(), SECRET, DEFAULT_NONCE_TTL, NODE)
+    }
+
+    #[test]
+    fn users_are_found_by_exact_name_through_the_index() {
+        let a = auth();
+        for u in &users().users {
+            assert_eq!(a.user(&u.name), Some(u));
+        }
+        assert_eq!(a.user("carol"), None);
+        assert_eq!(a.user("BOB"), None, "names are case-sensitive");
+        assert_eq!(a.user(""), None);
     }
 
     /// Both challenges, SHA-256 first (RFC 8760 §2.4 ordering).

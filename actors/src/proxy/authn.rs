@@ -212,7 +212,7 @@ impl Proxy {
             guard.counters.refused_other += 1;
             return Err(challenge(false));
         }
-        let known_user = params.username().filter(|u| auth.users().user(u).is_some());
+        let known_user = params.username().filter(|u| auth.user(u).is_some());
         if let Some(locked) = guard.lockouts.locked(ip, known_user, now) {
             return Err(guard.refuse_locked(locked, flow, known_user, now));
         }

@@ -677,7 +677,7 @@ impl RoutingView for Proxy {
 
     fn is_local_user(&self, user: &str) -> bool {
         match &self.auth {
-            Some(a) => a.users().user(user).is_some(),
+            Some(a) => a.user(user).is_some(),
             None => true,
         }
     }
