@@ -31,6 +31,9 @@ pub const MAX_STORM_CLIENTS: usize = 9_000;
 pub const CLIENTS_PER_IP: usize = 50;
 /// How long one client may take from connect to its 200.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+/// Storm clients between their connect and the end of their TLS handshake
+/// at once (the rest wait their turn, their time running).
+pub const HANDSHAKES_IN_FLIGHT: usize = 256;
 /// Nice value of the storm clients' threads (as the nodes' TLS pool).
 const STORM_CLIENT_NICE: i32 = 10;
 /// Unmeasured relayed traffic before the storm starts.
@@ -76,6 +79,8 @@ pub struct StormReport {
     /// Failures by kind: a status code, or `connect`, `tls`, `closed`, or
     /// `timeout-STEP` (`tls`, `challenge`, `register`: what never came).
     pub failures: BTreeMap<String, u64>,
+    /// The first error of each kind, as the client saw it.
+    pub failure_examples: BTreeMap<String, String>,
     /// Time from the storm's start until every client was registered (ms);
     /// `null` when some never were.
     pub all_registered_ms: Option<f64>,
@@ -146,23 +151,32 @@ async fn step<T, E: Into<anyhow::Error>>(
     }
 }
 
-/// One storm client: connect from `from`, REGISTER, answer the challenge.
-async fn client(
-    from: IpAddr,
+/// What every storm client shares: where it connects, as whom it verifies
+/// the node, its domain, and the gate of handshakes in flight.
+struct Target {
     addr: SocketAddr,
-    server_name: &str,
+    server_name: String,
     tls: Arc<rustls::ClientConfig>,
-    user: &str,
-    domain: &str,
-    password: &str,
-) -> anyhow::Result<Connection> {
+    domain: String,
+    gate: tokio::sync::Semaphore,
+}
+
+/// One storm client: connect from `from`, REGISTER, answer the challenge.
+async fn client(to: &Target, from: IpAddr, user: &str, password: &str) -> anyhow::Result<Connection> {
+    let domain = to.domain.as_str();
     let deadline = tokio::time::Instant::now() + CLIENT_DEADLINE;
+    // Connect only when this client can go straight on to its ClientHello:
+    // a phone sends it at once, and the node drops a connection that stays
+    // silent (`CLIENT_HELLO_TIMEOUT`). Thousands of simulated phones on two
+    // cores would otherwise connect long before they could compute one.
+    let handshake = to.gate.acquire().await?;
     let mut conn = step(
         deadline,
         "tls",
-        Connection::open_from(Some(from), addr, server_name, tls),
+        Connection::open_from(Some(from), to.addr, &to.server_name, to.tls.clone()),
     )
     .await?;
+    drop(handshake);
     let uri = format!("sip:{domain}");
     let cnonce = format!("storm-{user}");
     let creds = Credentials {
@@ -199,7 +213,7 @@ fn storm(
     tls: Arc<rustls::ClientConfig>,
     users: crate::cluster::LoadUsers,
     domain: String,
-) -> anyhow::Result<Vec<Result<Duration, String>>> {
+) -> anyhow::Result<Vec<Result<Duration, (String, String)>>> {
     // The storm's clients stand for phones on other machines: at nice
     // STORM_CLIENT_NICE they take what the nodes leave of the shared cores,
     // not the routing thread's share.
@@ -213,15 +227,22 @@ fn storm(
     Ok(rt.block_on(async move {
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(clients);
+        let target = Arc::new(Target {
+            addr,
+            server_name,
+            tls,
+            domain,
+            gate: tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT),
+        });
         for i in 0..clients {
-            let (server_name, tls, domain) = (server_name.clone(), tls.clone(), domain.clone());
+            let target = target.clone();
             let user = users.name(i + 1);
             let password = users.password.clone();
             tasks.push(tokio::spawn(async move {
-                let run = client(source(i), addr, &server_name, tls, &user, &domain, &password);
+                let run = client(&target, source(i), &user, &password);
                 match run.await {
                     Ok(conn) => (Ok(start.elapsed()), Some(conn)),
-                    Err(e) => (Err(failure_kind(&e)), None),
+                    Err(e) => (Err((failure_kind(&e), format!("{e:#}"))), None),
                 }
             }));
         }
@@ -234,7 +255,7 @@ fn storm(
                     out.push(r);
                     open.extend(conn);
                 }
-                Err(_) => out.push(Err("closed".into())),
+                Err(e) => out.push(Err(("closed".into(), e.to_string()))),
             }
         }
         drop(open);
@@ -316,11 +337,15 @@ async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<Stor
     let (outcomes, cpu_us, rss_before) = storm?;
     let rss_after = rss_kib(a.pid);
     let mut failures = BTreeMap::new();
+    let mut failure_examples = BTreeMap::new();
     let mut times: Vec<f64> = Vec::new();
     for o in &outcomes {
         match o {
             Ok(t) => times.push(t.as_secs_f64() * 1000.0),
-            Err(kind) => *failures.entry(kind.clone()).or_insert(0u64) += 1,
+            Err((kind, error)) => {
+                *failures.entry(kind.clone()).or_insert(0u64) += 1;
+                failure_examples.entry(kind.clone()).or_insert_with(|| error.clone());
+            }
         }
     }
     times.sort_by(f64::total_cmp);
@@ -333,6 +358,7 @@ async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<Stor
         clients: opts.clients,
         registered,
         failures,
+        failure_examples,
         all_registered_ms: (registered == opts.clients).then(|| percentile(&times, 1.0)),
         client_ms,
         node_cpu_ms: (cpu_us / 100.0).round() / 10.0,
@@ -364,7 +390,7 @@ pub fn render_storm(r: &StormReport) -> String {
     let p99_met = lat("p99") <= TARGET_STORM_P99_MS && r.background.answered == r.background.sent;
     format!(
         "storm: {} TLS clients REGISTER (Digest) at node A at once, while {} MESSAGE/s relay A -> MTLS -> B\n\
-         registered {} of {} in {all}; failures {:?}\n\
+         registered {} of {} in {all}; failures {:?}{}\n\
          per client ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}\n\
          node A: {:.0} ms of CPU ({:.0} µs per client), RSS {} KiB before, {} KiB with every client connected\n\
          relayed during the storm: sent {}, answered {} {:?}; latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n\
@@ -374,6 +400,10 @@ pub fn render_storm(r: &StormReport) -> String {
         r.registered,
         r.clients,
         r.failures,
+        r.failure_examples
+            .iter()
+            .map(|(k, e)| format!("\n  first {k}: {e}"))
+            .collect::<String>(),
         cm("p50"),
         cm("p90"),
         cm("p99"),

@@ -46,7 +46,9 @@ pub fn kill_sipmesh_pid(pid: i32) {
     }
 }
 
-/// A child process killed (SIGKILL) and reaped on drop.
+/// A child process killed (SIGKILL) and reaped on drop, with everything it
+/// started: it leads a process group of its own, and the whole group is
+/// killed (Kamailio's workers outlived a SIGKILL of their parent).
 pub struct ProcGuard {
     child: Option<Child>,
     /// For messages.
@@ -63,6 +65,7 @@ impl ProcGuard {
             .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         ProcGuard {
             child: Some(child),
@@ -80,9 +83,12 @@ impl ProcGuard {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// SIGKILL and reap now.
+    /// SIGKILL its process group and reap it now.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The group's id stays taken while any member lives, even after
+            // the leader was reaped, so this cannot reach another group.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
             let _ = c.kill();
             let _ = c.wait();
         }
