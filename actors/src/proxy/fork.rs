@@ -184,7 +184,7 @@ impl Proxy {
     }
 
     fn on_success(&self, b: &str, code: u16, resp: SipMessage) {
-        let (source, first, request, others) = {
+        let (source, ended, others) = {
             let mut guard = self.txns();
             let t = &mut *guard;
             let Some(ct) = t.client.get_mut(b) else {
@@ -238,15 +238,18 @@ impl Proxy {
                 st.live.clear();
                 Vec::new()
             };
-            (source, first, st.request.clone(), others)
+            // The first 2xx ends the server transaction (as `finish_server_txn`
+            // does for any 2xx), here under the same lock and with its key in
+            // hand: no second parse of the request's Via, no copy of it.
+            let ended = if first { t.remove_server(&server_key) } else { None };
+            (source, ended, others)
         };
         for hop in &others {
             self.send_cancel(hop, Some(COMPLETED_ELSEWHERE));
         }
         self.send_to_source(&source, &resp);
-        if first {
-            self.count_final(&request, code);
-            self.finish_server_txn(&request, code, &source);
+        if let Some(st) = ended {
+            self.count_final(&st.request, code);
         }
     }
 }

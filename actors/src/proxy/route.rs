@@ -469,6 +469,15 @@ pub fn loop_hash(msg: &SipMessage) -> String {
 /// Whether this node already forwarded the request unchanged (a Via of ours
 /// carries the same loop hash).
 pub fn is_loop(msg: &SipMessage, me: &Fqdn, hash: &str) -> bool {
+    // A loop needs `sm=HASH` in one of the Vias: when no Via value holds the
+    // hash at all (nearly every request), skip parsing every Via.
+    let mentioned = msg
+        .headers
+        .iter()
+        .any(|h| h.name == HeaderName::Via && h.value_str().contains(hash));
+    if !hash.is_empty() && !mentioned {
+        return false;
+    }
     msg.vias().is_ok_and(|vias| {
         vias.iter()
             .any(|v| v.host == me.as_str() && v.param("sm") == Some(Some(hash)))

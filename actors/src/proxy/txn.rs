@@ -125,7 +125,7 @@ pub(super) struct Transactions {
 type Fired = Option<ClientTxn>;
 
 impl Transactions {
-    fn remove_server(&mut self, key: &str) -> Option<ServerTxn> {
+    pub(super) fn remove_server(&mut self, key: &str) -> Option<ServerTxn> {
         let st = self.server.remove(key)?;
         if let Some(k) = &st.expire {
             self.timers.try_remove(k);
