@@ -30,9 +30,11 @@ pub const HANDSHAKE_THREADS: usize = 8;
 /// (nice 0, ten times the weight) wins, and the handshakes take what is left.
 pub const HANDSHAKE_NICE: i32 = 10;
 
-static POOL: LazyLock<Runtime> = LazyLock::new(|| {
+/// The pool, or `None` when its threads cannot start (e.g. a container's
+/// process limit): handshakes then run where they are accepted, as before.
+static POOL: LazyLock<Option<Runtime>> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tokio::runtime::Builder::new_multi_thread()
+    let pool = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.clamp(1, HANDSHAKE_THREADS))
         .thread_name("sipmesh-tls")
         .on_thread_start(|| {
@@ -44,8 +46,14 @@ static POOL: LazyLock<Runtime> = LazyLock::new(|| {
             }
         })
         .enable_all()
-        .build()
-        .expect("the TLS handshake pool starts (threads and an epoll instance)")
+        .build();
+    match pool {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the TLS handshake pool; handshakes run on the routing thread");
+            None
+        }
+    }
 });
 
 /// A TCP stream that can move between runtimes: registered with the reactor
@@ -169,8 +177,11 @@ impl<T> Drop for AbortOnDrop<T> {
 /// the stream comes back registered with the caller's runtime.
 pub async fn accept(acceptor: TlsAcceptor, tcp: TcpStream) -> io::Result<TlsStream<PoolStream>> {
     let mut stream = PoolStream::from(tcp);
+    let Some(pool) = POOL.as_ref() else {
+        return acceptor.accept(stream).await;
+    };
     stream.park()?;
-    let task = AbortOnDrop(POOL.spawn(async move {
+    let task = AbortOnDrop(pool.spawn(async move {
         stream.unpark()?;
         let mut tls = acceptor.accept(stream).await?;
         tls.get_mut().0.park()?;

@@ -112,7 +112,7 @@ impl Proxy {
                 // arrived, or never on it when we made it.
                 let code = best.status().unwrap_or(500);
                 if let Some(key) = server_key(&request) {
-                    self.set_final_status(&key, code);
+                    self.set_final_status(&key, code, &source);
                 }
                 self.send_to_source(&source, &best);
                 self.count_final(&request, code);

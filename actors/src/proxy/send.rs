@@ -112,7 +112,7 @@ impl Proxy {
         // A CANCEL shares the INVITE's key; its answer does not answer the INVITE.
         if code >= 200 && !matches!(req.method(), Some(Method::Ack | Method::Cancel)) {
             if let Some(key) = server_key(req) {
-                self.set_final_status(&key, code);
+                self.set_final_status(&key, code, source);
             }
         }
         self.respond_outside_txn(source, req, code, reason, extra);

@@ -528,6 +528,13 @@ async fn another_connections_request_with_a_live_key_is_a_merged_request() {
     );
     assert!(bob.received().is_empty(), "carol's request is not forwarded");
     assert_eq!(live(p), (1, 1));
+    // A stranger's copy is refused at the door (no Digest users here: 403)
+    // and that answer does not answer alice's transaction either.
+    let mut stranger = Client::stranger(p);
+    stranger.send(p, &invite("z9hG4bK-inv9"));
+    assert_eq!(lines(&stranger.received()), ["403"]);
+    assert!(bob.received().is_empty());
+    assert_eq!(live(p), (1, 1));
     // alice's retransmission is still absorbed, and her transaction lives.
     alice.send(p, &invite("z9hG4bK-inv9"));
     assert!(alice.received().is_empty() && bob.received().is_empty());

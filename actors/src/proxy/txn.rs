@@ -213,8 +213,11 @@ impl Proxy {
     }
 
     /// Record that the server transaction `key` sent a final `code`.
-    pub(super) fn set_final_status(&self, key: &str, code: u16) {
-        if let Some(st) = self.txns().server.get_mut(key) {
+    pub(super) fn set_final_status(&self, key: &str, code: u16, source: &Source) {
+        // Only the hop that opened a transaction can answer it: another
+        // connection's request that copies its branch and sent-by (refused at
+        // the door before the merged-request check) must not end it.
+        if let Some(st) = self.txns().server.get_mut(key).filter(|st| st.source == *source) {
             if st.final_status.is_none() {
                 self.observe_duration(&st.request, st.started.elapsed());
             }
@@ -470,6 +473,9 @@ impl Proxy {
         let Some(key) = server_key(req) else { return };
         let invite_failed = req.method() == Some(&Method::Invite) && code >= 300;
         let mut t = self.txns();
+        if t.server.get(&key).is_some_and(|st| st.source != *source) {
+            return; // another hop's transaction: a merged request ends nothing
+        }
         if invite_failed {
             let expire = Some(t.timers.insert(Timer::Expire(key.clone()), ACK_WAIT));
             let previous = match t.server.get_mut(&key) {

@@ -36,8 +36,8 @@ pub(crate) struct VerifiedChains {
     /// Unix seconds from which no entry is valid: the earliest CRL
     /// nextUpdate when expired CRLs are refused, else never.
     cap: u64,
-    /// Key → Unix seconds until which the verdict holds.
-    entries: Mutex<HashMap<ChainKey, u64>>,
+    /// Key → (Unix seconds when accepted, until which the verdict holds).
+    entries: Mutex<HashMap<ChainKey, (u64, u64)>>,
 }
 
 impl VerifiedChains {
@@ -75,18 +75,34 @@ impl VerifiedChains {
         key
     }
 
-    /// Whether `key` was accepted and its verdict still holds at `now`.
+    /// Whether `key` was accepted and its verdict still holds at `now`
+    /// (a clock stepped back before the acceptance does not count: the
+    /// certificates may not be valid yet then).
     pub(crate) fn holds(&self, key: &ChainKey, now: UnixTime) -> bool {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).is_some_and(|until| now.as_secs() < *until)
+        let now = now.as_secs();
+        entries
+            .get(key)
+            .is_some_and(|&(since, until)| since <= now && now < until)
     }
 
-    /// Remember that `key` (whose leaf is `end_entity`) was accepted at `now`.
-    pub(crate) fn accepted(&self, key: ChainKey, end_entity: &CertificateDer<'_>, now: UnixTime) {
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
-            return;
-        };
-        let not_after = cert.validity().not_after.timestamp().max(0) as u64;
+    /// Remember that `key` (the chain `end_entity` + `intermediates`) was
+    /// accepted at `now`: until the first notAfter of the chain (webpki
+    /// checks every certificate it chains through), the CRL cap or the TTL.
+    pub(crate) fn accepted(
+        &self,
+        key: ChainKey,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) {
+        let mut not_after = u64::MAX;
+        for der in std::iter::once(end_entity).chain(intermediates) {
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                return;
+            };
+            not_after = not_after.min(cert.validity().not_after.timestamp().max(0) as u64);
+        }
         let until = not_after
             .min(self.cap)
             .min(now.as_secs().saturating_add(VERIFIED_CHAIN_TTL.as_secs()));
@@ -97,7 +113,7 @@ impl VerifiedChains {
         if entries.len() >= MAX_VERIFIED_CHAINS {
             entries.clear();
         }
-        entries.insert(key, until);
+        entries.insert(key, (now.as_secs(), until));
     }
 
     /// Chains remembered now.

@@ -291,7 +291,7 @@ impl ClientCertVerifier for PolicyClientVerifier {
             || self.lenient.verify_client_cert(end_entity, intermediates, now),
         );
         if verdict.is_ok() {
-            self.verified.accepted(key, end_entity, now);
+            self.verified.accepted(key, end_entity, intermediates, now);
         }
         verdict
     }
@@ -331,7 +331,7 @@ impl ServerCertVerifier for PolicyServerVerifier {
             },
         );
         if verdict.is_ok() {
-            self.verified.accepted(key, end_entity, now);
+            self.verified.accepted(key, end_entity, intermediates, now);
         }
         verdict
     }
@@ -645,7 +645,7 @@ mod tests {
         let now = UnixTime::now();
         let peer = leaf(&a, "fe2.contoso.test");
         let key = VerifiedChains::key(&peer, &[], "");
-        cache.accepted(key, &peer, now);
+        cache.accepted(key, &peer, &[], now);
         assert!(cache.holds(&key, now));
         assert!(!cache.holds(&VerifiedChains::key(&peer, &[], "fe2.contoso.test"), now));
         assert!(!cache.holds(&VerifiedChains::key(&peer, std::slice::from_ref(&a.cert), ""), now));
@@ -653,8 +653,10 @@ mod tests {
             now.as_secs() + super::super::verified::VERIFIED_CHAIN_TTL.as_secs(),
         ));
         assert!(!cache.holds(&key, after_ttl));
+        let before = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_secs() - 1));
+        assert!(!cache.holds(&key, before), "a clock stepped back is verified again");
         for i in 0..super::super::verified::MAX_VERIFIED_CHAINS {
-            cache.accepted(VerifiedChains::key(&peer, &[], &i.to_string()), &peer, now);
+            cache.accepted(VerifiedChains::key(&peer, &[], &i.to_string()), &peer, &[], now);
         }
         assert!(cache.len() <= super::super::verified::MAX_VERIFIED_CHAINS);
     }
