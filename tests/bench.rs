@@ -6,28 +6,30 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sipmesh");
 
-#[test]
-fn relay_bench_answers_every_transaction() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "relay",
-            "--rate",
-            "200",
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--json",
-        ])
-        .output()
-        .expect("run sipmesh bench");
+/// Run `sipmesh ARGS`, which must succeed, and parse its JSON report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN).args(args).output().expect("run sipmesh");
     assert!(
         out.status.success(),
-        "bench failed: {}",
+        "sipmesh {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+#[test]
+fn relay_bench_answers_every_transaction() {
+    let report = bench_json(&[
+        "bench",
+        "relay",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
     assert_eq!(report["rate"], 200);
     assert_eq!(report["sent"], 200);
     assert_eq!(report["answered"], 200);
@@ -58,16 +60,7 @@ fn bench_refuses_bad_input_with_the_value() {
 
 #[test]
 fn mesh_bench_reports_time_and_memory() {
-    let out = Command::new(BIN)
-        .args(["bench", "mesh", "--nodes", "4", "--runs", "1", "--json"])
-        .output()
-        .expect("run sipmesh bench mesh");
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let report = bench_json(&["bench", "mesh", "--nodes", "4", "--runs", "1", "--json"]);
     assert_eq!(report["nodes"], 4);
     let ready = report["ready_ms"].as_array().expect("ready_ms");
     assert_eq!(ready.len(), 1);
@@ -181,25 +174,16 @@ fn compare_bench_refuses_bad_rates_with_the_value() {
 /// completes a full handshake, and the server's CPU per handshake is read.
 #[test]
 fn handshake_bench_counts_full_handshakes_at_both_doors() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "handshake",
-            "--duration",
-            "1",
-            "--parallel",
-            "4",
-            "--no-kamailio",
-            "--json",
-        ])
-        .output()
-        .expect("run sipmesh bench handshake");
-    assert!(
-        out.status.success(),
-        "bench handshake failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let r = bench_json(&[
+        "bench",
+        "handshake",
+        "--duration",
+        "1",
+        "--parallel",
+        "4",
+        "--no-kamailio",
+        "--json",
+    ]);
     assert_eq!(r["parallel"], 4);
     assert_eq!(r["duration_s"], 1.0);
     let doors = r["doors"].as_array().expect("doors");
@@ -226,16 +210,7 @@ fn handshake_bench_reports_kamailio_even_when_it_dies() {
         );
         return;
     }
-    let out = Command::new(BIN)
-        .args(["bench", "handshake", "--duration", "1", "--parallel", "2", "--json"])
-        .output()
-        .expect("run sipmesh bench handshake");
-    assert!(
-        out.status.success(),
-        "bench handshake failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let r = bench_json(&["bench", "handshake", "--duration", "1", "--parallel", "2", "--json"]);
     let doors = r["doors"].as_array().expect("doors");
     assert_eq!(doors.len(), 3, "{r}");
     let k = &doors[2];
@@ -251,26 +226,17 @@ fn handshake_bench_reports_kamailio_even_when_it_dies() {
 /// relayed MESSAGE sent through the storm is answered 200.
 #[test]
 fn storm_bench_registers_every_client_and_answers_the_relayed_traffic() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "storm",
-            "--clients",
-            "200",
-            "--rate",
-            "200",
-            "--duration",
-            "2",
-            "--json",
-        ])
-        .output()
-        .expect("run sipmesh bench storm");
-    assert!(
-        out.status.success(),
-        "bench storm failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let r = bench_json(&[
+        "bench",
+        "storm",
+        "--clients",
+        "200",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--json",
+    ]);
     assert_eq!(r["clients"], 200);
     assert_eq!(r["registered"], 200, "{r}");
     assert_eq!(r["failures"], serde_json::json!({}));

@@ -434,20 +434,7 @@ async fn sipmesh_chain(driver: &Driver<'_>, dir: &Path) -> Chain {
     let load = async {
         let file = &cluster.file;
         let (a, b) = (&file.nodes[0], &file.nodes[1]);
-        let tls = ua::client_config(&file.ca, None)?;
-        let pw = |aor: &str| file.users.iter().find(|u| u.aor == aor).map(|u| u.password.clone());
-        let from = format!("sip:alice@{}", file.domain);
-        let to = format!("sip:bob@{}", file.domain);
-        let sender = super::relay::registered(
-            a.client_addr,
-            &a.fqdn,
-            tls.clone(),
-            &from,
-            &pw(&from).context("no alice")?,
-        )
-        .await?;
-        let receiver = super::relay::registered(b.client_addr, &b.fqdn, tls, &to, &pw(&to).context("no bob")?).await?;
-        anyhow::Ok((Load::start(sender, receiver, &from, &to), [a.pid, b.pid]))
+        anyhow::Ok((super::relay::alice_to_bob(&cluster).await?, [a.pid, b.pid]))
     };
     let (mut load, pids) = match load.await {
         Ok(l) => l,

@@ -36,6 +36,16 @@ pub const WRITE_STALL: Duration = Duration::from_secs(5);
 /// Highest latency the histogram holds (µs); above it a sample is clamped.
 const HIST_MAX_US: u64 = 120_000_000;
 
+/// A process's resident memory (VmRSS) in KiB; `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// CPU time (µs) of `pid`'s threads and of its descendants' threads.
 pub fn tree_cpu_us(pid: u32) -> f64 {
     descendants(pid).into_iter().map(process_cpu_us).sum()

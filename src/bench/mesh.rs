@@ -28,13 +28,7 @@ pub struct MeshReport {
 fn mean_rss_kib(cluster: &LocalCluster) -> anyhow::Result<u64> {
     let mut total = 0;
     for n in &cluster.file.nodes {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid))?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .context("no VmRSS")?;
+        let rss = super::load::rss_kib(n.pid).with_context(|| format!("no VmRSS for node {}", n.pid))?;
         total += rss;
     }
     Ok(total / cluster.file.nodes.len() as u64)

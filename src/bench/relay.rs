@@ -82,6 +82,27 @@ pub(super) fn register_request(user: &str, domain: &str, local: SocketAddr, cseq
     )
 }
 
+/// The load every bench relays: alice registered on the cluster's first
+/// node sends to bob registered on its second.
+pub(super) async fn alice_to_bob(cluster: &LocalCluster) -> anyhow::Result<Load> {
+    let file = &cluster.file;
+    let (a, b) = (&file.nodes[0], &file.nodes[1]);
+    let tls = ua::client_config(&file.ca, None)?;
+    let pw = |aor: &str| file.users.iter().find(|u| u.aor == aor).map(|u| u.password.clone());
+    let from = format!("sip:alice@{}", file.domain);
+    let to = format!("sip:bob@{}", file.domain);
+    let sender = registered(
+        a.client_addr,
+        &a.fqdn,
+        tls.clone(),
+        &from,
+        &pw(&from).context("no alice")?,
+    )
+    .await?;
+    let receiver = registered(b.client_addr, &b.fqdn, tls, &to, &pw(&to).context("no bob")?).await?;
+    Ok(Load::start(sender, receiver, &from, &to))
+}
+
 /// A load client connected to `addr` (the node verified as `server_name`)
 /// and registered there as `aor` with `password`.
 pub(super) async fn registered(
@@ -141,15 +162,7 @@ pub fn relay(opts: &RelayOptions) -> anyhow::Result<RelayReport> {
 async fn relay_run(cluster: &LocalCluster, opts: &RelayOptions) -> anyhow::Result<RelayReport> {
     let file = &cluster.file;
     let (a, b) = (&file.nodes[0], &file.nodes[1]);
-    let tls = ua::client_config(&file.ca, None)?;
-    let pw = |aor: &str| file.users.iter().find(|u| u.aor == aor).map(|u| u.password.clone());
-    let sender_aor = format!("sip:alice@{}", file.domain);
-    let receiver_aor = format!("sip:bob@{}", file.domain);
-    let sender_pw = pw(&sender_aor).context("no alice")?;
-    let sender = registered(a.client_addr, &a.fqdn, tls.clone(), &sender_aor, &sender_pw).await?;
-    let receiver_pw = pw(&receiver_aor).context("no bob")?;
-    let receiver = registered(b.client_addr, &b.fqdn, tls, &receiver_aor, &receiver_pw).await?;
-    let mut load = Load::start(sender, receiver, &sender_aor, &receiver_aor);
+    let mut load = alice_to_bob(cluster).await?;
     let never = AtomicBool::new(false);
     let r = load
         .run(

@@ -20,8 +20,8 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::cluster_options;
-use super::load::{check_run, tree_cpu_us, Load, Shape};
-use super::relay::{register_request, registered, ALGORITHMS};
+use super::load::{check_run, rss_kib, tree_cpu_us, RunResult, Shape};
+use super::relay::{alice_to_bob, register_request, ALGORITHMS};
 use crate::cluster::LocalCluster;
 use crate::ua::{self, Connection, Credentials, UaError};
 
@@ -54,21 +54,6 @@ pub struct StormOptions {
     pub duration: Duration,
 }
 
-/// The relayed traffic during the storm.
-#[derive(Clone, Debug, Serialize)]
-pub struct Background {
-    /// MESSAGEs per second.
-    pub rate: u32,
-    /// Sent in the measured window.
-    pub sent: u64,
-    /// Answered with a final response.
-    pub answered: u64,
-    /// Final statuses.
-    pub statuses: BTreeMap<u16, u64>,
-    /// Latency percentiles (ms): p50, p90, p99, p999, max.
-    pub latency_ms: BTreeMap<String, f64>,
-}
-
 /// The report of `bench storm`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StormReport {
@@ -95,19 +80,7 @@ pub struct StormReport {
     /// See `rss_kib_before`.
     pub rss_kib_after: u64,
     /// The relayed traffic that ran through the storm.
-    pub background: Background,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    pub background: RunResult,
 }
 
 /// The source address of client `i`: 127.2.x.y, [`CLIENTS_PER_IP`] each.
@@ -290,21 +263,9 @@ pub fn storm_bench(opts: &StormOptions) -> anyhow::Result<StormReport> {
 
 async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<StormReport> {
     let file = &cluster.file;
-    let (a, b) = (&file.nodes[0], &file.nodes[1]);
+    let a = &file.nodes[0];
     let tls = ua::client_config(&file.ca, None)?;
-    let pw = |aor: &str| file.users.iter().find(|u| u.aor == aor).map(|u| u.password.clone());
-    let from = format!("sip:alice@{}", file.domain);
-    let to = format!("sip:bob@{}", file.domain);
-    let sender = registered(
-        a.client_addr,
-        &a.fqdn,
-        tls.clone(),
-        &from,
-        &pw(&from).context("no alice")?,
-    )
-    .await?;
-    let receiver = registered(b.client_addr, &b.fqdn, tls.clone(), &to, &pw(&to).context("no bob")?).await?;
-    let mut load = Load::start(sender, receiver, &from, &to);
+    let mut load = alice_to_bob(cluster).await?;
     let users = file.load_users.clone().context("the cluster has no load users")?;
     let never = AtomicBool::new(false);
     let shape = Shape {
@@ -319,7 +280,7 @@ async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<Stor
     let storm = async move {
         // The storm starts with the measured window of the relayed traffic.
         tokio::time::sleep(WARMUP).await;
-        let rss_before = rss_kib(pid);
+        let rss_before = rss_kib(pid).unwrap_or(0);
         let cpu0 = tree_cpu_us(pid);
         let thread = std::thread::spawn(move || storm(clients, addr, name, tls, users, domain));
         // Wait without blocking the generator's thread.
@@ -335,7 +296,7 @@ async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<Stor
     let (bg, storm) = tokio::join!(background, storm);
     let bg = bg?;
     let (outcomes, cpu_us, rss_before) = storm?;
-    let rss_after = rss_kib(a.pid);
+    let rss_after = rss_kib(a.pid).unwrap_or(0);
     let mut failures = BTreeMap::new();
     let mut failure_examples = BTreeMap::new();
     let mut times: Vec<f64> = Vec::new();
@@ -369,13 +330,7 @@ async fn run(cluster: &LocalCluster, opts: &StormOptions) -> anyhow::Result<Stor
         },
         rss_kib_before: rss_before,
         rss_kib_after: rss_after,
-        background: Background {
-            rate: opts.rate,
-            sent: bg.sent,
-            answered: bg.answered,
-            statuses: bg.statuses,
-            latency_ms: bg.latency_ms,
-        },
+        background: bg,
     })
 }
 
