@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 /// Most chains remembered per verifier. A mesh has a few dozen members, so
 /// this only matters for the client port (client certificates); when full,
@@ -41,18 +41,9 @@ pub(crate) struct VerifiedChains {
 }
 
 impl VerifiedChains {
-    /// An empty cache for a verifier with these CRLs; `crl_expiry_matters`
-    /// when a CRL past its nextUpdate turns the verdict into a refusal.
-    pub(crate) fn new(crls: &[CertificateRevocationListDer<'_>], crl_expiry_matters: bool) -> VerifiedChains {
-        let cap = if crl_expiry_matters {
-            crls.iter()
-                .filter_map(|c| x509_parser::parse_x509_crl(c).ok())
-                .filter_map(|(_, crl)| crl.next_update().map(|t| t.timestamp().max(0) as u64))
-                .min()
-                .unwrap_or(u64::MAX)
-        } else {
-            u64::MAX
-        };
+    /// An empty cache whose entries all end before `cap` (Unix seconds: the
+    /// earliest CRL nextUpdate when expired CRLs are refused, else `u64::MAX`).
+    pub(crate) fn new(cap: u64) -> VerifiedChains {
         VerifiedChains {
             cap,
             entries: Mutex::new(HashMap::new()),

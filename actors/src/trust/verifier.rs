@@ -118,25 +118,29 @@ pub struct TrustPolicy {
 }
 
 impl TrustPolicy {
-    /// The raw issuer names of the loaded CRLs (unparsable CRLs were refused
-    /// at load; here they simply name nobody).
-    fn crl_issuers(&self) -> Vec<Vec<u8>> {
-        self.crls
-            .iter()
-            .filter_map(|c| x509_parser::parse_x509_crl(c).ok())
-            .map(|(_, crl)| crl.tbs_cert_list.issuer.as_raw().to_vec())
-            .collect()
-    }
-
-    fn revocation(&self) -> Revocation {
-        Revocation {
-            crl_issuers: self.crl_issuers(),
-            crl_expired: self.crl_expired,
+    /// What the revocation rules and the chain cache need from the CRLs, in
+    /// one parse: the raw issuer names (unparsable CRLs were refused at
+    /// load; here they simply name nobody) and the earliest nextUpdate,
+    /// which ends every remembered chain when expired CRLs are refused.
+    fn revocation(&self) -> (Revocation, VerifiedChains) {
+        let mut crl_issuers = Vec::new();
+        let mut earliest = u64::MAX;
+        for (_, crl) in self.crls.iter().filter_map(|c| x509_parser::parse_x509_crl(c).ok()) {
+            crl_issuers.push(crl.tbs_cert_list.issuer.as_raw().to_vec());
+            if let Some(t) = crl.next_update() {
+                earliest = earliest.min(t.timestamp().max(0) as u64);
+            }
         }
-    }
-
-    fn verified_chains(&self) -> VerifiedChains {
-        VerifiedChains::new(&self.crls, self.crl_expired == CrlExpired::Refuse)
+        let cap = if self.crl_expired == CrlExpired::Refuse {
+            earliest
+        } else {
+            u64::MAX
+        };
+        let revocation = Revocation {
+            crl_issuers,
+            crl_expired: self.crl_expired,
+        };
+        (revocation, VerifiedChains::new(cap))
     }
 
     /// A verifier of client certificates.
@@ -156,11 +160,12 @@ impl TrustPolicy {
             }
             builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
         };
+        let (revocation, verified) = self.revocation();
         Ok(Arc::new(PolicyClientVerifier {
             strict: build(false)?,
             lenient: build(true)?,
-            revocation: self.revocation(),
-            verified: self.verified_chains(),
+            revocation,
+            verified,
         }))
     }
 
@@ -178,11 +183,12 @@ impl TrustPolicy {
             }
             builder.build().map_err(|e| TlsError::Verifier(e.to_string()))
         };
+        let (revocation, verified) = self.revocation();
         Ok(Arc::new(PolicyServerVerifier {
             strict: build(false)?,
             lenient: build(true)?,
-            revocation: self.revocation(),
-            verified: self.verified_chains(),
+            revocation,
+            verified,
         }))
     }
 }
@@ -641,7 +647,7 @@ mod tests {
     #[test]
     fn verified_chains_are_bounded_and_keyed_by_every_byte() {
         let a = ca("CA A");
-        let cache = VerifiedChains::new(&[], false);
+        let cache = VerifiedChains::new(u64::MAX);
         let now = UnixTime::now();
         let peer = leaf(&a, "fe2.contoso.test");
         let key = VerifiedChains::key(&peer, &[], "");
